@@ -1,0 +1,192 @@
+"""Command line: argparse subcommands; the only place that prints errors or picks exit codes.
+
+Commands that are not on Serf's hook path (run, agent, autoscale) live in their own modules and
+are imported only when asked for, so `lbsync handle` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import logging.handlers
+import os
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .config import Settings, load
+from .errors import ConfigError, LbsyncError
+
+log = logging.getLogger("lbsync")
+
+MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
+MAX_EVENT_LINES = 50  # the event's members are logged for the record, never used as state
+
+# flag -> (settings key, help); every flag is also settable in the config file and LBSYNC_* env
+COMMON_FLAGS = {
+    "--rpc-addr": ("rpc_addr", "Serf agent RPC address (default 127.0.0.1:7373)"),
+    "--output": ("output", "the upstream file nginx includes"),
+    "--template": ("template", "Jinja2 template to render"),
+}
+AGENT_FLAGS = {
+    "--join": ("agent.join", "LB address(es) to join, comma-separated"),
+    "--node-name": ("agent.node_name", "Serf node name (default: host name)"),
+    "--bind": ("agent.bind", "Serf gossip bind address host:port"),
+    "--agent-rpc-addr": ("agent.rpc_addr", "RPC address of this node's Serf agent"),
+    "--port": ("agent.port", "port tag: where this node's web server listens"),
+    "--weight": ("agent.weight", "weight tag (1-256)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load(args.config, overrides=_overrides(args))
+    except LbsyncError as exc:
+        _setup_logging(args.verbose, syslog=False)
+        log.error("%s", exc)
+        return exc.exit_code
+    _setup_logging(args.verbose or settings.log_level == "debug", settings.syslog)
+    try:
+        return args.func(settings, args)
+    except LbsyncError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits with EX_USAGE (64) as sysexits(3) asks."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lbsync",
+        description="Keep nginx's upstream equal to the web nodes Serf knows are alive.",
+        epilog="Config: /etc/lbsync/lbsync.toml (or --config / LBSYNC_CONFIG), then LBSYNC_* "
+               "environment variables, then flags. Exit codes follow sysexits(3).",
+    )
+    parser.add_argument("--version", action="version", version=f"lbsync {__version__}")
+    parser.add_argument("-c", "--config", help="config file (TOML); unknown keys are an error")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set algorithm=least_conn "
+                             "--set daemon.resync_interval=30 (repeatable)")
+    _add_flags(parser, COMMON_FLAGS)
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    _command(commands, "handle", cmd_handle,
+                      "Serf event handler: on a member event, reconcile from the full membership")
+    sync = _command(commands, "sync", cmd_sync, "reconcile once now")
+    sync.add_argument("--dry-run", action="store_true", help="render and compare; write nothing")
+    sync.add_argument("--diff", action="store_true", help="print the change as a unified diff")
+    _command(commands, "render", cmd_render, "print the upstream file the membership renders to")
+    _command(commands, "status", _lazy("status"), "members by state, rendered, skipped, last sync")
+    _command(commands, "run", _lazy("daemon"),
+             "long-running LB mode: follow Serf over RPC, debounce, resync, health checks")
+    agent = _command(commands, "agent", _lazy("agent"),
+                     "web node: join the cluster with role/port/weight tags; drain on SIGTERM")
+    _add_flags(agent, AGENT_FLAGS)
+    scale = _command(commands, "autoscale", _lazy("autoscale"),
+                     "scale the web pool on fleet load with operator commands")
+    scale.add_argument("--dry-run", dest="opt:autoscale.dry_run", action="store_const",
+                       const="true", help="log every decision; run no command")
+    return parser
+
+
+def cmd_handle(settings: Settings, args: argparse.Namespace) -> int:
+    """The Serf hook. Any member event triggers a full reconcile; other events are not ours."""
+    event = os.environ.get("SERF_EVENT", "")
+    if event not in MEMBER_EVENTS:
+        log.debug("event %r is not a member event; nothing to do", event)
+        return 0
+    for line in _event_lines(sys.stdin):
+        log.info("event %s: %s", event, line)
+    from .sync import SerfSource, reconcile
+
+    reconcile(settings, SerfSource(settings))
+    return 0
+
+
+def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from .sync import SerfSource, reconcile
+
+    result = reconcile(settings, SerfSource(settings), dry_run=args.dry_run)
+    if args.diff and result.diff:
+        sys.stdout.write(result.diff)
+    return 0
+
+
+def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
+    from .members import Policy, select
+    from .sync import SerfSource, candidate_for
+
+    selection = select(SerfSource(settings).members(), Policy.from_settings(settings))
+    for skip in selection.skipped:
+        log.warning("skipping member %s: %s", skip.name, skip.reason)
+    sys.stdout.write(candidate_for(settings, selection, frozenset()) or "")
+    return 0
+
+
+def _event_lines(stream) -> list[str]:
+    """Serf's stdin lines (name, addr, role, tags; tab-separated), printable, bounded."""
+    lines = []
+    for number, raw in enumerate(stream):
+        if number == MAX_EVENT_LINES:
+            lines.append("(more members not shown)")
+            break
+        fields = raw.rstrip("\n").split("\t")
+        text = " ".join(fields[:2]) + (f" ({' '.join(fields[2:])})" if len(fields) > 2 else "")
+        lines.append("".join(ch if ch.isprintable() else "?" for ch in text)[:300])
+    return lines
+
+
+def _command(commands, name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(func=func)
+    return sub
+
+
+def _lazy(module: str) -> Callable[[Settings, argparse.Namespace], int]:
+    """Run `lbsync.<module>.main(settings, args)`, importing the module only when chosen."""
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        return importlib.import_module(f"lbsync.{module}").main(settings, args)
+    return run
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
+    for flag, (key, help_text) in flags.items():
+        parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", help=help_text)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    out = {key[4:]: value for key, value in vars(args).items()
+           if key.startswith("opt:") and value is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def _setup_logging(verbose: bool, syslog: bool) -> None:
+    root = logging.getLogger("lbsync")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("lbsync: %(levelname)s: %(message)s"))
+    root.handlers[:] = [stderr]
+    if syslog and os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("lbsync[%(process)d]: %(message)s"))
+            root.addHandler(handler)
+        except OSError:
+            pass
+    root.propagate = False

@@ -1,0 +1,160 @@
+"""`lbsync handle` as the event handler of a real Serf agent, in front of a real nginx.
+
+Every web node is a real `serf agent` on its own loopback address with a tiny web server beside
+it; the LB is a Serf agent on 127.0.0.1 whose handler is `python -m lbsync handle`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from realparts import ROOT, Nginx, Processes, SerfNode, free_port, start_serf, start_web, wait_until
+
+pytestmark = pytest.mark.integration
+
+HANDLER = f"{sys.executable} -m lbsync handle"
+ROUTE_TIMEOUT = 15  # Serf coalesces member events for ~1 s before it runs a handler
+
+
+@dataclass
+class Lab:
+    procs: Processes
+    workdir: Path
+    nginx: Nginx
+    lb: SerfNode
+    env: dict
+
+    def web(self, n: int, port: int | None = None, serve: bool = True, **tags) -> SerfNode:
+        ip = f"127.0.0.{10 + n}"
+        port = port or free_port(ip)
+        if serve:
+            start_web(self.procs, f"serf-web{n}", ip, port)
+        tags = {"role": "web", "port": str(port), **tags}
+        return start_serf(self.procs, f"web{n}", ip, tags, join=self.lb.bind_addr)
+
+    def sync(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lbsync", *args], env={**os.environ, **self.env},
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    def served_by(self, tries: int = 6) -> set[str]:
+        names = set()
+        for _ in range(tries):
+            status, body = self.nginx.get()
+            names.add(body.strip() if status == 200 else f"HTTP {status}")
+        return names
+
+    def reloads(self) -> int:
+        return (self.nginx.prefix / "error.log").read_text().count("reconfiguring")
+
+    def upstream(self) -> str:
+        return self.nginx.upstream.read_text()
+
+
+def make_lab(procs: Processes, workdir: Path, config: str = "", lb_ip: str = "127.0.0.1",
+             join: SerfNode | None = None) -> Lab:
+    """nginx on a free port, then an LB Serf agent whose handler is `lbsync handle`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "lbsync.toml").write_text(config)
+    nginx = Nginx(workdir / "nginx", free_port()).start(procs)
+    rpc_port = free_port(lb_ip)
+    env = {"PYTHONPATH": str(ROOT), **nginx.settings_overrides(workdir, f"{lb_ip}:{rpc_port}")}
+    lb = start_serf(procs, f"lb-{lb_ip}", lb_ip, {"role": "lb"}, join=join.bind_addr if join else None,
+                    handler=HANDLER, env=env, rpc_port=rpc_port)
+    return Lab(procs, workdir, nginx, lb, env)
+
+
+@pytest.fixture
+def lab(procs, tmp_path) -> Lab:
+    return make_lab(procs, tmp_path / "lb")
+
+
+def test_join_routes_and_leave_unroutes(lab):
+    assert lab.served_by(2) == {"HTTP 503"}
+    web1, web2 = lab.web(1), lab.web(2)
+    wait_until(lambda: lab.served_by() == {"serf-web1", "serf-web2"}, ROUTE_TIMEOUT, "both nodes routed")
+    web1.proc.stop(signal.SIGINT)  # serf's graceful leave on interrupt
+    wait_until(lambda: lab.served_by() == {"serf-web2"}, ROUTE_TIMEOUT, "web1 out of rotation")
+    subprocess.run(["serf", "leave", "-rpc-addr", web2.rpc_addr], check=True, timeout=20,
+                   capture_output=True)
+    wait_until(lambda: lab.served_by(2) == {"HTTP 503"}, ROUTE_TIMEOUT, "empty pool answers 503")
+    status, body = lab.nginx.get()
+    assert status == 503 and "No web server is available" in body
+    assert "placeholder" in lab.upstream()
+    assert subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", str(lab.nginx.prefix),
+                           "-c", str(lab.nginx.conf)]).returncode == 0
+
+
+def test_tag_updates_rerender(lab):
+    web1 = lab.web(1)
+    lab.web(2)
+    wait_until(lambda: "web2" in lab.upstream() and "web1" in lab.upstream(), ROUTE_TIMEOUT, "two backends")
+    subprocess.run(["serf", "tags", "-rpc-addr", web1.rpc_addr, "-set", "weight=7"], check=True,
+                   capture_output=True, timeout=10)
+    wait_until(lambda: "weight=7;  # web1" in lab.upstream(), ROUTE_TIMEOUT, "weight re-rendered")
+    subprocess.run(["serf", "tags", "-rpc-addr", web1.rpc_addr, "-set", "drain=1"], check=True,
+                   capture_output=True, timeout=10)
+    wait_until(lambda: "down;  # web1 (draining)" in lab.upstream(), ROUTE_TIMEOUT, "drain rendered down")
+    wait_until(lambda: lab.served_by() == {"serf-web2"}, 5, "drained node gets no new requests")
+
+
+def test_hostile_members_skipped_others_served(procs, tmp_path):
+    lab = make_lab(procs, tmp_path / "lb", config='allowed_networks = ["127.0.0.0/28"]\n')
+    lab.web(1)
+    lab.web(2, serve=False, port="8080; } server { listen 9999")
+    lab.web(3, serve=False, port="80\nserver 127.0.0.1:22;")
+    lab.web(9, serve=False)  # 127.0.0.19: outside allowed_networks
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, ROUTE_TIMEOUT, "web1 served")
+    wait_until(lambda: all(f"web{n}" in lab.sync("status").stdout for n in (2, 3, 9)), 10, "all joined")
+    status = lab.sync("status").stdout
+    assert "skipped  web2: tag port=" in status and "skipped  web9: address 127.0.0.19 is outside" in status
+    upstream = lab.upstream()
+    assert "9999" not in upstream and ":22" not in upstream and "web9" not in upstream
+    assert upstream.count("server ") == 1
+
+
+def test_rejected_candidate_leaves_live_file_and_nginx(procs, tmp_path):
+    template = tmp_path / "picky.j2"
+    good = (ROOT / "lbsync" / "templates" / "lbs_upstream.conf.j2").read_text()
+    template.write_text("{% if backends | length > 1 %}upstream broken { {% endif %}\n" + good)
+    lab = make_lab(procs, tmp_path / "lb", config=f'template = "{template}"\n')
+    lab.web(1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, ROUTE_TIMEOUT, "web1 served")
+    live = lab.upstream()
+    lab.web(2)
+    rejected = lab.nginx.upstream.with_name("lbs_upstream.conf.rejected")
+    wait_until(rejected.exists, ROUTE_TIMEOUT, "the candidate to be rejected")
+    result = lab.sync("sync")
+    assert result.returncode == os.EX_DATAERR, result.stderr
+    assert "nginx rejected the candidate config" in result.stderr and len(result.stderr.splitlines()) <= 3
+    assert lab.upstream() == live
+    assert "[emerg]" in rejected.with_name(rejected.name + ".err").read_text()
+    assert lab.served_by() == {"serf-web1"}
+
+
+def test_second_run_without_change_neither_writes_nor_reloads(lab):
+    lab.web(1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, ROUTE_TIMEOUT, "web1 served")
+    wait_until(lambda: "unchanged" in lab.sync("sync").stderr, 10, "a settled sync")
+    before, reloads = lab.nginx.upstream.stat(), lab.reloads()
+    result = lab.sync("sync")
+    assert result.returncode == 0 and "unchanged (1 backends); not reloading" in result.stderr
+    after = lab.nginx.upstream.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert lab.reloads() == reloads
+
+
+def test_two_load_balancers_render_identical_bytes(procs, tmp_path):
+    first = make_lab(procs, tmp_path / "lb1")
+    second = make_lab(procs, tmp_path / "lb2", lb_ip="127.0.0.2", join=first.lb)
+    first.web(1)
+    first.web(2, weight="3")
+    for lab in (first, second):
+        wait_until(lambda: "# backends: 2" in lab.upstream(), ROUTE_TIMEOUT, "both LBs see two backends")
+    assert first.upstream() == second.upstream()
