@@ -203,7 +203,8 @@ class SerfClient:
         filter_nodes: list[str] | None = None,
         filter_tags: dict[str, str] | None = None,
     ) -> dict[str, bytes]:
-        """Ask the cluster; blocks until Serf says "done" (at `timeout`). Returns {node: payload}."""
+        """Ask the cluster; returns {node: payload}. Serf sends "done" only at the deadline, even
+        when every node has answered, so this always blocks for about `timeout` seconds."""
         body = {"FilterNodes": filter_nodes or [], "FilterTags": filter_tags or {}, "RequestAck": False}
         body |= {"RelayFactor": 0, "Timeout": int(timeout * 1e9), "Name": name, "Payload": payload}
         self._call("query", body)  # the ack; records follow under the same Seq
@@ -214,7 +215,7 @@ class SerfClient:
         try:
             while records or self._pump(deadline):
                 while records:
-                    rec = records.popleft()
+                    rec = _decode_record(records.popleft())
                     if rec.get("Type") == "done":
                         return answers
                     if rec.get("Type") == "response":

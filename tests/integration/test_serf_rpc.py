@@ -20,6 +20,8 @@ import pytest
 from lbsync.errors import SourceError
 from lbsync.serf import SerfClient
 
+pytestmark = pytest.mark.integration
+
 LB_IP, WEB_IP = "127.0.0.1", "127.0.0.2"
 WEB_TAGS = {"role": "web", "port": "8080"}
 

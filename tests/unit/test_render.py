@@ -1,4 +1,4 @@
-"""Golden files for the upstream template, and determinism. Regenerate with LBSYNC_REGEN=1."""
+"""Golden files for the upstream template, and determinism. Regenerate with REGEN_GOLDEN=1."""
 
 import dataclasses
 import ipaddress
@@ -42,7 +42,7 @@ def rendered(case, unhealthy=frozenset()):
 def test_golden(case):
     text = rendered(case)
     path = GOLDEN / f"{case}.conf"
-    if os.environ.get("LBSYNC_REGEN"):
+    if os.environ.get("REGEN_GOLDEN"):
         path.write_text(text)
     assert text == path.read_text()
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import msgpack
 import pytest
 
-from lbsync.errors import SourceError
 from lbsync import serf
+from lbsync.errors import SourceError
 from lbsync.serf import SerfClient, decode_addr
 
 # Requests the fake reads without a body (as the real agent does).
