@@ -1,0 +1,145 @@
+"""Active health checks: OSS nginx has none, so a backend that Serf still reports alive but that
+hangs would keep receiving (and stalling) requests until Serf's failure detector gave up on it.
+
+Each rendered backend gets `GET daemon.health_path` every `health_interval` seconds with a
+`health_timeout`. Like Octavia's health monitor, `health_fall` consecutive failures mark it down
+and `health_rise` consecutive successes bring it back. A new backend starts healthy, so a join is
+routed at once. The checker only reports names: reconcile() renders them `down`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+log = logging.getLogger("lbsync")
+
+MAX_WORKERS = 16  # probes of one round run in parallel; a hung backend must not delay the others
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to probe: a rendered backend's name and endpoint."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class State:
+    """Counters for one backend: streaks decide, `healthy` is the verdict."""
+
+    healthy: bool = True
+    oks: int = 0
+    fails: int = 0
+    error: str = ""
+
+
+def observe(state: State, ok: bool, error: str, rise: int, fall: int) -> State:
+    """One probe result -> the next state. Pure, so the rise/fall rules are tested without sockets."""
+    if ok:
+        oks = state.oks + 1
+        return State(state.healthy or oks >= rise, oks, 0, "")
+    fails = state.fails + 1
+    return State(state.healthy and fails < fall, 0, fails, error)
+
+
+def probe(target: Target, path: str, timeout: float) -> str:
+    """GET `path` on the backend; '' when it answered 2xx/3xx in time, else why not."""
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "lbsync-health", "Connection": "close"})
+        status = conn.getresponse().status
+        return "" if 200 <= status < 400 else f"HTTP {status}"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    finally:
+        conn.close()
+
+
+class Checker:
+    """Probes the current targets in a background thread; `unhealthy()` is safe from any thread."""
+
+    def __init__(self, daemon_settings, probe_fn=probe):
+        self.settings = daemon_settings
+        self._probe = probe_fn
+        self._targets: tuple[Target, ...] = ()
+        self._states: dict[str, State] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="lbsync-health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def set_targets(self, targets: tuple[Target, ...]) -> None:
+        """Probe these from now on; counters of backends that left are forgotten."""
+        names = {t.name for t in targets}
+        with self._lock:
+            self._targets = targets
+            self._states = {n: s for n, s in self._states.items() if n in names}
+
+    def unhealthy(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(n for n, s in self._states.items() if not s.healthy)
+
+    def snapshot(self) -> dict[str, dict]:
+        """Per backend: verdict, streaks and last error, for daemon.json."""
+        with self._lock:
+            states = {t.name: self._states.get(t.name, State()) for t in self._targets}
+        return {n: {"healthy": s.healthy, "oks": s.oks, "fails": s.fails, "error": s.error}
+                for n, s in sorted(states.items())}
+
+    def run_round(self, pool: ThreadPoolExecutor) -> None:
+        """Probe every target once, in parallel, and fold the results into the counters."""
+        with self._lock:
+            targets = self._targets
+        cfg = self.settings
+        futures = [(t, pool.submit(self._probe, t, cfg.health_path, cfg.health_timeout)) for t in targets]
+        for target, future in futures:
+            self._record(target, future.result())
+
+    def _record(self, target: Target, error: str) -> None:
+        cfg = self.settings
+        with self._lock:
+            if target not in self._targets:
+                return  # it left while being probed
+            before = self._states.get(target.name, State())
+            after = observe(before, not error, error, cfg.health_rise, cfg.health_fall)
+            self._states[target.name] = after
+        if before.healthy and not after.healthy:
+            log.warning("backend %s %s:%d failed %d health checks (%s): marking it down",
+                        target.name, target.host, target.port, after.fails, error)
+        elif after.healthy and not before.healthy:
+            log.info("backend %s %s:%d passed %d health checks: back in rotation",
+                     target.name, target.host, target.port, after.oks)
+
+    def _loop(self) -> None:
+        with ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="lbsync-probe") as pool:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    self.run_round(pool)
+                except Exception as exc:  # never let the checker die silently
+                    log.error("health check round failed: %s", exc)
+                left = self.settings.health_interval - (time.monotonic() - started)
+                self._stop.wait(max(left, 0.01))
+
+
+def targets_for(backends) -> tuple[Target, ...]:
+    """Members rendered as backends -> what to probe (draining ones are already down)."""
+    return tuple(Target(m.name, str(m.addr), m.port) for m in backends if not m.draining)
+
