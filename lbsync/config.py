@@ -46,6 +46,7 @@ class AgentSettings:
     drain_timeout: float = 30.0  # bounded wait for the LB to stop sending before leaving
     drain_quiet: float = 2.0  # no request seen for this long -> the LB has let go
     log_file: str = ""  # access log of the local web server to watch while draining
+    load_file: str = ""  # when set and present: answer load queries with its number (tests, lab)
 
 
 @dataclass(frozen=True)
@@ -68,23 +69,51 @@ class DaemonSettings:
 
 @dataclass(frozen=True)
 class AutoscaleSettings:
-    """`lbsync autoscale`: the scaling policy and the operator's commands."""
+    """`lbsync autoscale`: the scaling policy and the operator's commands.
+
+    Commands are split like a shell would (no shell runs) and get {index} and {name} replaced.
+    Scale-in order: drain_command (drain, then leave; optional) -> wait until the node is no
+    longer alive -> scale_in_command (destroy) -> Serf force-leave -prune so the name is reusable.
+    Without a drain_command, scale_in_command must drain and leave itself (lab/stop_web.sh does).
+    """
 
     min_size: int = 1
     max_size: int = 4
-    scale_out_threshold: float = 0.8
-    scale_in_threshold: float = 0.3
-    sustain: int = 3
-    cooldown_out: float = 60.0
-    cooldown_in: float = 120.0
-    warmup: float = 30.0
+    scale_out_threshold: float = 0.8  # normalised 1-minute load (load / CPU count)
+    scale_in_threshold: float = 0.3  # must be below scale_out_threshold (hysteresis)
+    sustain: int = 3  # consecutive samples the condition must hold
+    cooldown_out: float = 60.0  # after a scale-out attempt, failed or not
+    cooldown_in: float = 120.0  # after any attempt, before the next scale-in
+    warmup: float = 30.0  # a new node's load is ignored this long; it counts toward size
     step: int = 1
     interval: float = 10.0
     query_timeout: float = 2.0
     command_timeout: float = 120.0
-    scale_out_command: str = ""
-    scale_in_command: str = ""
+    name_template: str = "web{index}"  # Serf node name of the node with index N
+    scale_out_command: str = ""  # e.g. "lab/boot_web.sh {index}"
+    drain_command: str = ""
+    scale_in_command: str = ""  # e.g. "lab/stop_web.sh {index}"
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        checks = (
+            (0 <= self.min_size <= self.max_size, f"min_size {self.min_size} must be 0..max_size"),
+            (self.max_size >= 1, f"max_size {self.max_size} must be at least 1"),
+            (0 <= self.scale_in_threshold < self.scale_out_threshold,
+             f"scale_in_threshold {self.scale_in_threshold:g} must be >= 0 and below "
+             f"scale_out_threshold {self.scale_out_threshold:g} (hysteresis)"),
+            (1 <= self.sustain <= 100, f"sustain {self.sustain} must be 1..100 samples"),
+            (1 <= self.step <= self.max_size, f"step {self.step} must be 1..max_size"),
+            (min(self.cooldown_out, self.cooldown_in, self.warmup) >= 0, "cooldowns and warmup must be >= 0"),
+            (min(self.interval, self.query_timeout, self.command_timeout) > 0,
+             "interval, query_timeout and command_timeout must be > 0"),
+            (self.name_template.count("{index}") == 1
+             and _is_nginx_name(self.name_template.replace("{index}", "1").replace(".", "")),
+             f"name_template {self.name_template!r} needs one {{index}} and only [A-Za-z0-9._-]"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"autoscale.{message}")
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,14 @@ def decode_addr(raw: bytes) -> IPAddress:
 
 
 def _decode_member(member: Any) -> dict:
+    """Decode Addr; an undecodable one is passed on as it came, so members.py skips that member
+    (with the reason logged) instead of one odd record failing the whole snapshot."""
     if not isinstance(member, dict):
         raise SourceError(f"serf sent a member that is not a map: {member!r:.80}")
-    return {**member, "Addr": decode_addr(member.get("Addr"))}
+    try:
+        return {**member, "Addr": decode_addr(member.get("Addr"))}
+    except SourceError:
+        return member
 
 
 def _decode_members(body: Any) -> list[dict]:

@@ -1,0 +1,185 @@
+"""Issue 2's benchmark: what one `lbsync handle` run costs, unchanged vs changed, by pool size.
+
+Serf runs event handlers serially inside its event loop, so every millisecond a hook spends
+delays the next membership event. Measured here:
+  * `python -m lbsync handle` wall time at 1, 10 and 100 members read from a real Serf agent
+    (100 real `serf agent` processes on 127.0.3.x; about 45 % of one core and 1.5 GB together);
+  * the same hook at 1,000 and 10,000 members from a JSON file (bench/fake_handle.py), plus the
+    in-process `reconcile()` with an in-memory source (what `lbsync run` pays per reconcile);
+  * the unchanged path (snapshot, select, fingerprint: no Jinja2, no write, no reload) against the
+    changed path (render, nginx -t on the candidate, install, nginx -t, reload of a real nginx);
+  * whether Jinja2 is imported on each path (`python -X importtime`), and the interpreter's start
+    cost for a non-member event, which every hook run pays before doing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, emit, summary, timed
+
+from realparts import Nginx, Processes, free_port, start_serf, wait_until
+
+PROFILES = {  # repeats of (unchanged, changed) runs per size
+    "quick": {"unchanged": 15, "changed": 7, "start": 15, "agents": (1, 10, 100), "memory": (1000, 10000)},
+    "full": {"unchanged": 40, "changed": 15, "start": 40, "agents": (1, 10, 100), "memory": (1000, 10000)},
+}
+HANDLE = [sys.executable, "-m", "lbsync", "handle"]
+FAKE_HANDLE = [sys.executable, str(Path(__file__).resolve().parent / "fake_handle.py")]
+EVENT_LINE = "web1\t127.0.3.1\tweb\trole=web,port=8080\n"
+PLACEHOLDER = "upstream lbs_backend { server 127.0.0.1:1 down; }  # forces the changed path\n"
+
+
+def fake_members(count: int) -> list[dict]:
+    """`count` alive web members on distinct loopback addresses, as the RPC client returns them."""
+    return [{"Name": f"web{i:05d}", "Addr": f"127.1.{i // 250}.{i % 250 + 1}", "Port": 7946,
+             "Status": "alive", "Tags": {"role": "web", "port": "8080"}} for i in range(count)]
+
+
+def run_hook(argv: list[str], env: dict, expect: str) -> float:
+    """Wall time of one hook run; fails loudly when it did not take the expected path."""
+    seconds, done = timed(subprocess.run, argv, input=EVENT_LINE, env=env, capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    if done.returncode != 0 or expect not in done.stderr:
+        raise RuntimeError(f"{' '.join(argv[-2:])} exited {done.returncode} without {expect!r}: "
+                           f"{done.stderr.strip()[-500:]}")
+    return seconds
+
+
+def measure_paths(argv: list[str], env: dict, nginx: Nginx, repeats: dict) -> dict:
+    """Unchanged and changed wall times of the hook, after one run that converges the file."""
+    run_hook(argv, env, "")
+    unchanged = [run_hook(argv, env, "unchanged") for _ in range(repeats["unchanged"])]
+    changed = []
+    for _ in range(repeats["changed"]):
+        nginx.upstream.write_text(PLACEHOLDER)
+        changed.append(run_hook(argv, env, "updated"))
+    return {"unchanged_ms": summary(unchanged), "changed_ms": summary(changed)}
+
+
+def jinja_imported(argv: list[str], env: dict, nginx: Nginx) -> dict:
+    """Which path imports Jinja2, read from the interpreter's own import log."""
+    def imports(expect: str) -> bool:
+        done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], input=EVENT_LINE, env=env,
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        if expect not in done.stderr:
+            raise RuntimeError(f"importtime run did not take the {expect!r} path: {done.stderr[-300:]}")
+        return any(line.rstrip().endswith("| jinja2") for line in done.stderr.splitlines())
+
+    run_hook(argv, env, "")
+    unchanged = imports("unchanged")
+    nginx.upstream.write_text(PLACEHOLDER)
+    return {"jinja2_on_unchanged_path": unchanged, "jinja2_on_changed_path": imports("updated")}
+
+
+def start_cost(env: dict, repeats: int) -> dict:
+    """The fixed price of a hook: a bare interpreter, and `lbsync handle` for a non-member event."""
+    bare = [timed(subprocess.run, [sys.executable, "-c", "pass"], check=True)[0] for _ in range(repeats)]
+    user_env = {**env, "SERF_EVENT": "user"}
+    hook = [timed(subprocess.run, HANDLE, env=user_env, check=True, cwd=ROOT,
+                  stdin=subprocess.DEVNULL, capture_output=True)[0] for _ in range(repeats)]
+    return {"python_bare_ms": summary(bare), "handle_non_member_event_ms": summary(hook)}
+
+
+def lb_env(nginx: Nginx, workdir: Path, rpc_addr: str) -> dict:
+    (workdir / "lbsync.toml").write_text("")
+    return {**os.environ, "PYTHONPATH": str(ROOT), "SERF_EVENT": "member-join",
+            **nginx.settings_overrides(workdir, rpc_addr)}
+
+
+def real_agents(procs: Processes, workdir: Path, nginx: Nginx, repeats: dict) -> dict:
+    """Grow a real cluster to each size and time the hook against the LB agent at each step."""
+    lb = start_serf(procs, "lb", "127.0.0.1", {"role": "lb"}, extra=["-log-level", "warn"])
+    env = lb_env(nginx, workdir, lb.rpc_addr)
+    out, started = {}, 0
+    for size in repeats["agents"]:
+        for i in range(started, size):
+            start_serf(procs, f"web{i + 1}", f"127.0.3.{i + 1}", {"role": "web", "port": "8080"},
+                       join=lb.bind_addr, extra=["-log-level", "warn"])
+        started = size
+        wait_until(lambda: _alive_web(lb.rpc_addr) >= size, 60, f"{size} web members at the LB agent")
+        out[str(size)] = measure_paths(HANDLE, env, nginx, repeats)
+        print(f"   handle, {size} real members: {_brief(out[str(size)])}", flush=True)
+    out["jinja"] = jinja_imported(HANDLE, env, nginx)
+    out["start"] = start_cost(env, repeats["start"])
+    return out
+
+
+def in_memory(workdir: Path, nginx: Nginx, repeats: dict) -> dict:
+    """The hook (fresh interpreter, members from a file) and in-process reconcile() at big sizes."""
+    from lbsync.config import load
+    from lbsync.sync import reconcile
+
+    env = lb_env(nginx, workdir, "127.0.0.1:1")
+    settings = load(env=env)
+    out = {}
+    for size in repeats["memory"]:
+        records = fake_members(size)
+        members_file = workdir / f"members-{size}.json"
+        members_file.write_text(json.dumps(records))
+        hook = measure_paths(FAKE_HANDLE, {**env, "BENCH_FAKE_MEMBERS": str(members_file)}, nginx, repeats)
+        source = _ListSource(records)
+        unchanged = [timed(reconcile, settings, source)[0] for _ in range(repeats["unchanged"])]
+        changed = []
+        for _ in range(repeats["changed"]):
+            nginx.upstream.write_text(PLACEHOLDER)
+            changed.append(timed(reconcile, settings, source)[0])
+        out[str(size)] = {**hook, "in_process_unchanged_ms": summary(unchanged),
+                          "in_process_changed_ms": summary(changed)}
+        print(f"   handle, {size} members from a file: {_brief(out[str(size)])}", flush=True)
+    return out
+
+
+class _ListSource:
+    def __init__(self, records: list[dict]):
+        self.records = records
+
+    def members(self) -> list[dict]:
+        return self.records
+
+
+def _alive_web(rpc_addr: str) -> int:
+    from lbsync.serf import SerfClient
+
+    with SerfClient(rpc_addr) as client:
+        return len(client.members_filtered(tags={"role": "web"}, status="alive"))
+
+
+def _brief(paths: dict) -> str:
+    return (f"unchanged p50 {paths['unchanged_ms']['p50']} ms, "
+            f"changed p50 {paths['changed_ms']['p50']} ms")
+
+
+def main(profile: str, workdir: Path) -> dict:
+    """Run the whole benchmark; every process is stopped by PID whatever happens."""
+    repeats = PROFILES[profile]
+    procs = Processes(workdir)
+    try:
+        nginx = Nginx(workdir / "nginx", free_port()).start(procs)
+        started = time.monotonic()
+        result = {"profile": profile, "real_agents": real_agents(procs, workdir, nginx, repeats),
+                  "in_memory": in_memory(workdir, nginx, repeats)}
+        result["seconds"] = round(time.monotonic() - started, 1)
+    finally:
+        procs.stop_all()
+    agents, memory = result["real_agents"], result["in_memory"]
+    line = (f"handle p50 unchanged/changed ms: 100 real {agents['100']['unchanged_ms']['p50']}/"
+            f"{agents['100']['changed_ms']['p50']}, 10k file {memory['10000']['unchanged_ms']['p50']}/"
+            f"{memory['10000']['changed_ms']['p50']}; start {agents['start']['handle_non_member_event_ms']['p50']}; "
+            f"jinja2 on unchanged path: {agents['jinja']['jinja2_on_unchanged_path']}")
+    return emit("handle_cost", result, line)
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true")
+    args = parser.parse_args()
+    main("full" if args.full else "quick", Path(tempfile.mkdtemp(prefix="lbsync-bench-")))

@@ -1,0 +1,264 @@
+"""Autoscaling policy: a pure `decide(state, samples, policy) -> Decision`, no I/O.
+
+Kept pure so every rule (thresholds, hysteresis, sustain, cooldowns, warm-up, min/max) is a table
+test with plain data; `lbsync.scaler` gathers the samples, holds the lock, runs the operator's
+commands and persists the `State` this module returns. Times are wall-clock seconds (time.time())
+because the state outlives a restart of the autoscaler.
+
+Rules, in order: stay within min_size..max_size (also at start: below min -> scale out); scale out
+when the fleet load stayed above `scale_out_threshold` for `sustain` consecutive samples; scale in
+when it stayed below `scale_in_threshold` as long. Each direction waits its cooldown after an
+attempt, failed or not, so a failing command is never retried in a tight loop; scale-in also waits
+`cooldown_in` after a scale-out, so the fleet does not flap. `main` is here only so the CLI can
+import this module; the loop lives in `lbsync.scaler`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+OUT, IN, HOLD = "scale-out", "scale-in", "hold"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs of `[autoscale]` that decide() reads."""
+
+    min_size: int = 1
+    max_size: int = 4
+    scale_out_threshold: float = 0.8
+    scale_in_threshold: float = 0.3
+    sustain: int = 3
+    cooldown_out: float = 60.0
+    cooldown_in: float = 120.0
+    warmup: float = 30.0
+    step: int = 1
+    name_template: str = "web{index}"
+
+    @classmethod
+    def from_settings(cls, conf: Any) -> "Policy":
+        return cls(**{name: getattr(conf, name) for name in cls.__dataclass_fields__})
+
+    def index_of(self, name: str) -> int | None:
+        """The index in a node name built from `name_template`, or None: not ours to remove."""
+        before, _, after = self.name_template.partition("{index}")
+        found = re.fullmatch(re.escape(before) + r"([1-9][0-9]{0,5})" + re.escape(after), name)
+        return int(found.group(1)) if found else None
+
+    def name_of(self, index: int) -> str:
+        return self.name_template.replace("{index}", str(index))
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node the autoscaler is launching (warming) or removing, and since when."""
+
+    name: str
+    index: int | None
+    since: float
+
+
+@dataclass(frozen=True)
+class State:
+    """What must survive a restart so the autoscaler does not double-fire."""
+
+    last_out: float | None = None  # time of the last scale-out attempt, failed or not
+    last_in: float | None = None
+    warming: tuple[Node, ...] = ()  # launched; counted in size, load ignored until warm
+    removing: tuple[Node, ...] = ()  # being drained/destroyed; neither size nor load
+
+    def to_json(self) -> dict:
+        nodes = lambda group: [vars(node) for node in group]  # noqa: E731
+        return {"last_out": self.last_out, "last_in": self.last_in,
+                "warming": nodes(self.warming), "removing": nodes(self.removing)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "State":
+        """Raises ValueError (or TypeError/KeyError) on a state file that is not ours."""
+        nodes = lambda key: tuple(Node(str(n["name"]), n["index"], float(n["since"]))  # noqa: E731
+                                  for n in data.get(key, ()))
+        opt = lambda key: None if data.get(key) is None else float(data[key])  # noqa: E731
+        return cls(opt("last_out"), opt("last_in"), nodes("warming"), nodes("removing"))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One gathering: every alive web node -> its normalised load, None if it did not answer."""
+
+    time: float
+    loads: Mapping[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do now and why; `state` is the input state with finished warm-ups/removals pruned."""
+
+    action: str
+    reason: str
+    size: int
+    fleet_load: float | None
+    state: State
+    nodes: tuple[Node, ...] = ()
+
+
+def decide(state: State, samples: list[Sample], policy: Policy) -> Decision:
+    """The next action for the newest sample, given the recent ones (oldest first)."""
+    if not samples:
+        return Decision(HOLD, "no sample yet", 0, None, state)
+    now, latest = samples[-1].time, samples[-1]
+    state = _prune(state, latest, policy)
+    size = _size(state, latest)
+    window = [fleet_load(sample, state) for sample in samples[-policy.sustain:]]
+    hold = lambda reason: Decision(HOLD, reason, size, window[-1], state)  # noqa: E731
+    if size < policy.min_size:
+        return _out(state, latest, policy, size, window[-1], policy.min_size - size,
+                    f"size {size} is below min_size {policy.min_size}") or hold(
+                    f"size {size} is below min_size {policy.min_size}; {_cooling(state, now, policy, OUT)}")
+    if size > policy.max_size:
+        return _in(state, latest, policy, size, window[-1], size - policy.max_size,
+                   f"size {size} is above max_size {policy.max_size}") or hold(
+                   f"size {size} is above max_size {policy.max_size}; {_blocked_in(state, latest, policy)}")
+    high = _streak(window, lambda load: load > policy.scale_out_threshold)
+    low = _streak(window, lambda load: load < policy.scale_in_threshold)
+    if window[-1] is None:
+        return hold("no node answered the load query" if size else "no web node")
+    if high == policy.sustain:
+        reason = f"load {window[-1]:.2f} > {policy.scale_out_threshold:.2f} for {high} samples"
+        if size >= policy.max_size:
+            return hold(f"{reason}, but size {size} is at max_size {policy.max_size}")
+        count = min(policy.step, policy.max_size - size)
+        return _out(state, latest, policy, size, window[-1], count, reason) or hold(
+            f"{reason}; {_cooling(state, now, policy, OUT)}")
+    if low == policy.sustain:
+        reason = f"load {window[-1]:.2f} < {policy.scale_in_threshold:.2f} for {low} samples"
+        if size <= policy.min_size:
+            return hold(f"{reason}, but size {size} is at min_size {policy.min_size}")
+        count = min(policy.step, size - policy.min_size)
+        return _in(state, latest, policy, size, window[-1], count, reason) or hold(
+            f"{reason}; {_blocked_in(state, latest, policy)}")
+    if high:
+        return hold(f"load above {policy.scale_out_threshold:.2f} for {high}/{policy.sustain} samples")
+    if low:
+        return hold(f"load below {policy.scale_in_threshold:.2f} for {low}/{policy.sustain} samples")
+    return hold("load within thresholds")
+
+
+def fleet_load(sample: Sample, state: State) -> float | None:
+    """Mean load of the nodes that answered, leaving out warming and departing nodes."""
+    skip = {node.name for node in state.warming + state.removing}
+    loads = [load for name, load in sample.loads.items() if load is not None and name not in skip]
+    return sum(loads) / len(loads) if loads else None
+
+
+def begin(state: State, decision: Decision, now: float) -> State:
+    """The state to persist *before* running commands: a crash mid-action cannot double-fire."""
+    if decision.action == OUT:
+        nodes = tuple(replace(node, since=now) for node in decision.nodes)
+        return replace(state, last_out=now, warming=state.warming + nodes)
+    if decision.action == IN:
+        nodes = tuple(replace(node, since=now) for node in decision.nodes)
+        return replace(state, last_in=now, removing=state.removing + nodes)
+    return state
+
+
+def finish(state: State, decision: Decision, done: list[str], now: float) -> State:
+    """After the commands: `done` are the nodes whose commands succeeded (in order)."""
+    names = {node.name for node in decision.nodes}
+    if decision.action == OUT:  # warm-up counts from the end of a successful boot
+        warming = tuple(replace(n, since=now) if n.name in done else n
+                        for n in state.warming if n.name not in names or n.name in done)
+        return replace(state, warming=warming)
+    if decision.action == IN:  # a failed removal counts again; the cooldown delays the retry
+        return replace(state, removing=tuple(n for n in state.removing if n.name not in names))
+    return state
+
+
+def _out(state: State, latest: Sample, policy: Policy, size: int, load: float | None, count: int,
+         reason: str) -> Decision | None:
+    if _cooling(state, latest.time, policy, OUT):
+        return None
+    taken = {policy.index_of(name) for name in latest.loads}
+    taken |= {node.index for node in state.warming + state.removing}
+    indexes = _free_indexes(taken, count)
+    nodes = tuple(Node(policy.name_of(i), i, latest.time) for i in indexes)
+    return Decision(OUT, reason, size, load, state, nodes)
+
+
+def _in(state: State, latest: Sample, policy: Policy, size: int, load: float | None, count: int,
+        reason: str) -> Decision | None:
+    if _blocked_in(state, latest, policy):
+        return None
+    victims = _removable(state, latest, policy)[:count]
+    return Decision(IN, reason, size, load, state, tuple(victims))
+
+
+def _blocked_in(state: State, latest: Sample, policy: Policy) -> str:
+    """Why scale-in cannot happen now ('' when it can)."""
+    cooling = _cooling(state, latest.time, policy, IN)
+    if cooling:
+        return cooling
+    if not _removable(state, latest, policy):
+        return f"no removable node (names like {policy.name_of(1)!r}, not warming)"
+    return ""
+
+
+def _removable(state: State, latest: Sample, policy: Policy) -> list[Node]:
+    """Newest first: the highest index among nodes named by `name_template`."""
+    busy = {node.name for node in state.warming + state.removing}
+    nodes = [Node(name, policy.index_of(name), latest.time) for name in latest.loads
+             if name not in busy and policy.index_of(name) is not None]
+    return sorted(nodes, key=lambda node: node.index, reverse=True)
+
+
+def _cooling(state: State, now: float, policy: Policy, action: str) -> str:
+    """'' when `action` may run at `now`; else how long its cooldown still lasts."""
+    if action == OUT:
+        until = None if state.last_out is None else state.last_out + policy.cooldown_out
+    else:  # scale-in also waits after a scale-out: the new node's load is not in yet
+        last = max((t for t in (state.last_in, state.last_out) if t is not None), default=None)
+        until = None if last is None else last + policy.cooldown_in
+    if until is None or now >= until:
+        return ""
+    return f"{action} cooling down for {until - now:.1f} s more"
+
+
+def _prune(state: State, latest: Sample, policy: Policy) -> State:
+    """A warming node is warm once `warmup` passed and it is alive (given up if it is not);
+    a removing node is done once it has left."""
+    warming = tuple(n for n in state.warming if latest.time < n.since + policy.warmup)
+    removing = tuple(n for n in state.removing if n.name in latest.loads)
+    return replace(state, warming=warming, removing=removing)
+
+
+def _size(state: State, latest: Sample) -> int:
+    leaving = {node.name for node in state.removing}
+    return len((set(latest.loads) | {node.name for node in state.warming}) - leaving)
+
+
+def _streak(window: list[float | None], holds) -> int:
+    """How many of the newest samples in a row satisfy `holds` (a None sample breaks it)."""
+    count = 0
+    for load in reversed(window):
+        if load is None or not holds(load):
+            break
+        count += 1
+    return count
+
+
+def _free_indexes(taken: set[int | None], count: int) -> list[int]:
+    """The lowest unused indexes, so names are reused after a scale-in (bounded lab addresses)."""
+    out, index = [], 1
+    while len(out) < count:
+        if index not in taken:
+            out.append(index)
+        index += 1
+    return out
+
+
+def main(settings: Any, args: Any) -> int:
+    """`lbsync autoscale`: the loop and its I/O live in lbsync.scaler."""
+    from .scaler import main as run
+
+    return run(settings, args)

@@ -1,0 +1,332 @@
+"""`lbsync run`: the long-running LB mode.
+
+Serf coalesces member events (handlers and RPC event streams alike) for about a second, but the
+agent's member list is current within milliseconds. So the daemon polls `members-filtered` every
+`poll_interval` on one persistent connection and compares a cheap key of the records; any
+change, a health verdict flipping, an edited template or config, a (re)connect and a periodic
+timer are all just triggers for the same `reconcile()` the hook runs, fed the snapshot already in
+hand. One loop, one thread for Serf (the client is not thread-safe); health probes and the file
+watcher run in their own threads and only raise flags.
+
+Per tick: apply requested reloads -> (re)connect -> poll -> note changes -> reconcile when the
+debounce window (quiet `debounce_min`, capped at `debounce_max`) has passed and the reload budget
+(`min_reload_interval`) allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import metrics
+from .config import DEFAULT_CONFIG, Settings
+from .errors import LbsyncError, SourceError
+from .health import Checker, targets_for
+from .sync import Outcome, reconcile
+
+log = logging.getLogger("lbsync")
+
+BACKOFF_START = 0.1
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    from .cli import _overrides
+    from .config import load
+
+    overrides = _overrides(args)
+    config = args.config or os.environ.get("LBSYNC_CONFIG") or str(DEFAULT_CONFIG)
+    daemon = Daemon(settings, lambda: load(args.config, overrides=overrides), config)
+    return daemon.run()
+
+
+def member_key(records: list[dict]) -> tuple:
+    """What makes two snapshots render alike: name, status, address, port and tags of each."""
+    return tuple(sorted(
+        (str(r.get("Name")), str(r.get("Status")), str(r.get("Addr")), str(r.get("Port")),
+         tuple(sorted((r.get("Tags") or {}).items())))
+        for r in records))
+
+
+@dataclass
+class Snapshot:
+    """The members already polled, as a MemberSource: reconcile() needs no second RPC."""
+
+    records: list[dict]
+
+    def members(self) -> list[dict]:
+        return list(self.records)
+
+
+@dataclass
+class Debounce:
+    """Trailing-edge debounce with a cap: wait for `quiet` seconds without change, at most `cap`
+    seconds from the first change, so a burst of joins becomes one reload."""
+
+    first: float | None = None
+    last: float | None = None
+    forced: bool = False
+
+    def note(self, now: float) -> None:
+        self.first = now if self.first is None else self.first
+        self.last = now
+
+    def force(self) -> None:
+        """Due at once (connect, resync, edited files): nothing to wait for."""
+        self.forced = True
+
+    def due(self, now: float, quiet: float, cap: float) -> bool:
+        if self.forced:
+            return True
+        if self.first is None:
+            return False
+        return now - self.last >= quiet or now - self.first >= cap
+
+    def clear(self) -> None:
+        self.first = self.last = None
+        self.forced = False
+
+
+@dataclass
+class Backoff:
+    """Capped exponential delay between reconnect attempts."""
+
+    cap: float
+    delay: float = BACKOFF_START
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
+        return min(delay, self.cap)
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_START
+
+
+def throttle_left(now: float, last_reload: float | None, min_interval: float) -> float:
+    """Seconds until another reload is allowed (0 when it is)."""
+    if last_reload is None:
+        return 0.0
+    return max(0.0, last_reload + min_interval - now)
+
+
+class Daemon:
+    """The loop's state: the Serf connection, the last snapshot, what is pending and why."""
+
+    def __init__(self, settings: Settings, load_settings: Callable[[], Settings], config_path: str):
+        self.settings = settings
+        self.load_settings = load_settings
+        self.config_path = config_path
+        self.client = None
+        self.records: list[dict] = []
+        self.seen: tuple | None = None  # (member key, unhealthy) last observed
+        self.debounce = Debounce()
+        self.backoff = Backoff(settings.daemon.reconnect_max)
+        self.next_connect = 0.0
+        self.outage_since: float | None = None
+        self.next_resync = 0.0
+        self.last_reload: float | None = None
+        self.throttle_logged = False
+        self.view = metrics.View()
+        self.health: Checker | None = None
+        self.watcher = None
+        self.stopping = threading.Event()
+        self.config_changed = threading.Event()
+        self.template_changed = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Loop until SIGTERM/SIGINT; an unreachable agent is waited for, never a reason to exit."""
+        self._install_signals()
+        self._log_start()
+        self._set_health(self.settings)
+        self._watch()
+        try:
+            while not self.stopping.is_set():
+                self.tick(time.monotonic())
+                self.stopping.wait(self._sleep_time())
+        finally:
+            self._shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.config_changed.set())
+
+    def _log_start(self) -> None:
+        d = self.settings.daemon
+        health = f"health GET {d.health_path} every {d.health_interval:g} s" if d.health_path else "health off"
+        log.info("run: following serf at %s (role %s), poll %g s, debounce %g-%g s, min reload interval "
+                 "%g s, resync every %g s, %s", self.settings.rpc_addr, self.settings.role,
+                 d.poll_interval, d.debounce_min, d.debounce_max, d.min_reload_interval,
+                 d.resync_interval, health)
+
+    def _shutdown(self) -> None:
+        log.info("run: stopping")
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.health is not None:
+            self.health.stop()
+        self._drop_client()
+        self.view.connected = False
+        metrics.publish(self.settings, self.view)
+
+    def _sleep_time(self) -> float:
+        if self.client is None:
+            return max(0.005, min(self.next_connect - time.monotonic(), 1.0))
+        return self.settings.daemon.poll_interval
+
+    # -- one tick -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Reloads requested -> connect -> poll -> note changes -> reconcile when due."""
+        self._handle_requests()
+        if self.client is None and (now < self.next_connect or not self._connect(now)):
+            return
+        if not self._poll(now):
+            return
+        self._observe(now)
+        if now >= self.next_resync:
+            self.debounce.force()
+        d = self.settings.daemon
+        if self.debounce.due(now, d.debounce_min, d.debounce_max) and not self._throttled(now):
+            self._reconcile(now)
+
+    def _connect(self, now: float) -> bool:
+        from .serf import SerfClient
+
+        s = self.settings
+        try:
+            self.client = SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout)
+        except SourceError as exc:
+            self._lost(now, exc)
+            return False
+        if self.outage_since is not None:
+            log.info("reconnected to serf agent at %s after %.1f s; full resync", s.rpc_addr,
+                     now - self.outage_since)
+            self.view.reconnects += 1
+        self.outage_since = None
+        self.backoff.reset()
+        self.view.connected = True
+        self.debounce.force()  # a full resync after every (re)connect
+        return True
+
+    def _poll(self, now: float) -> bool:
+        try:
+            self.records = self.client.members_filtered(tags={"role": self.settings.role})
+            return True
+        except SourceError as exc:
+            self._lost(now, exc)
+            return False
+
+    def _lost(self, now: float, exc: SourceError) -> None:
+        """Drop the connection and schedule a retry; log once per outage, not per attempt."""
+        self._drop_client()
+        if self.outage_since is None:
+            self.outage_since = now
+            log.warning("%s; nginx keeps its current backends; retrying with backoff up to %g s",
+                        exc, self.settings.daemon.reconnect_max)
+        self.next_connect = now + self.backoff.next()
+
+    def _drop_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        self.view.connected = False
+
+    def _observe(self, now: float) -> None:
+        unhealthy = self.health.unhealthy() if self.health else frozenset()
+        inputs = (member_key(self.records), unhealthy)
+        if inputs != self.seen:
+            self.seen = inputs
+            self.debounce.note(now)
+
+    def _throttled(self, now: float) -> bool:
+        left = throttle_left(now, self.last_reload, self.settings.daemon.min_reload_interval)
+        if left and not self.throttle_logged:
+            log.info("throttled: last reload %.2f s ago; reconciling in %.2f s (min_reload_interval %g s)",
+                     now - self.last_reload, left, self.settings.daemon.min_reload_interval)
+            self.view.throttled += 1
+            self.throttle_logged = True
+        return left > 0
+
+    def _reconcile(self, now: float) -> None:
+        """Run the pipeline on the snapshot in hand; a failure keeps the live file and the loop."""
+        unhealthy = self.seen[1] if self.seen else frozenset()
+        self.debounce.clear()
+        self.throttle_logged = False
+        self.next_resync = now + self.settings.daemon.resync_interval
+        try:
+            result = reconcile(self.settings, Snapshot(self.records), unhealthy=unhealthy)
+        except LbsyncError as exc:
+            log.error("%s; the live upstream stays as it was", exc)
+            self.view.record_error(exc, time.time())
+        else:
+            self.view.record(result, time.time())
+            if result.outcome is Outcome.UPDATED:
+                self.last_reload = time.monotonic()
+            if self.health is not None:
+                self.health.set_targets(targets_for(result.backends))
+        self.view.health = self.health.snapshot() if self.health else {}
+        metrics.publish(self.settings, self.view)
+
+    # -- hot reload ---------------------------------------------------------------------------
+
+    def _handle_requests(self) -> None:
+        if self.config_changed.is_set():
+            self.config_changed.clear()
+            self._reload_settings()
+        if self.template_changed.is_set():
+            self.template_changed.clear()
+            log.info("template %s changed on disk; re-rendering", self.settings.template)
+            self.debounce.force()
+
+    def _reload_settings(self) -> None:
+        """Re-read the config; invalid new settings leave the old ones in force."""
+        try:
+            new = self.load_settings()
+        except LbsyncError as exc:
+            log.error("config reload failed, keeping the previous settings: %s", exc)
+            return
+        if new == self.settings:
+            log.info("config reloaded: no change")
+            return
+        old, self.settings = self.settings, new
+        log.info("config reloaded; re-rendering")
+        if (old.rpc_addr, old.rpc_auth, old.rpc_timeout) != (new.rpc_addr, new.rpc_auth, new.rpc_timeout):
+            self._drop_client()
+            self.next_connect = 0.0
+        self.backoff.cap = new.daemon.reconnect_max
+        self._set_health(new)
+        if old.template != new.template:
+            self._watch()
+        self.debounce.force()
+
+    def _set_health(self, settings: Settings) -> None:
+        """Start, retune or stop the checker to match `daemon.health_path`."""
+        if settings.daemon.health_path and self.health is None:
+            self.health = Checker(settings.daemon)
+            self.health.start()
+        elif settings.daemon.health_path:
+            self.health.settings = settings.daemon
+        elif self.health is not None:
+            self.health.stop()
+            self.health = None
+
+    def _watch(self) -> None:
+        from .watch import Watcher
+
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.watcher = Watcher({
+            Path(self.settings.template): self.template_changed,
+            Path(self.config_path): self.config_changed,
+        })
+        self.watcher.start()

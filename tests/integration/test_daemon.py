@@ -1,0 +1,121 @@
+"""`lbsync run` against a real Serf agent and a real nginx.
+
+Convergence waits are generous deadlines, not speed claims: how fast `run` converges is measured
+in bench/, and the figures are in the closing note of issue 4.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from daemon_lab import HungServer, make_daemon_lab, serf
+from realparts import start_web, wait_until
+
+pytestmark = pytest.mark.integration
+
+CONVERGE = 15  # generous: the machine is shared; the daemon itself needs tens of ms
+
+
+@pytest.fixture
+def lab(procs, tmp_path):
+    lab = make_daemon_lab(procs, tmp_path / "lb")
+    lab.start_daemon()
+    wait_until(lab.settled, CONVERGE, "the daemon's first reconcile")
+    return lab
+
+
+def test_join_routes_leave_unroutes_and_sigterm_exits_cleanly(lab):
+    assert lab.served_by(2) == {"HTTP 503"}
+    lab.web(1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, CONVERGE, "web1 routed")
+    web2 = lab.web(2)
+    wait_until(lambda: lab.served_by() == {"serf-web1", "serf-web2"}, CONVERGE, "web2 routed")
+    serf("leave", "-rpc-addr", web2.rpc_addr)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, CONVERGE, "web2 out of rotation")
+    state = lab.state()
+    assert state["backends"] == ["web1"] and state["members"].get("left") == ["web2"]
+    assert state["serf_connected"] and state["reloads_last_minute"] >= 3
+    assert lab.stop_daemon() == 0
+    assert "Traceback" not in lab.log()
+
+
+def test_burst_of_30_joins_reloads_once(procs, tmp_path):
+    config = ("[daemon]\npoll_interval = 0.02\ndebounce_min = 0.5\ndebounce_max = 5\n"
+              "min_reload_interval = 10\n")
+    lab = make_daemon_lab(procs, tmp_path / "lb", config)
+    nodes = [lab.web(n, serve=False, join=False) for n in range(1, 31)]
+    lab.start_daemon()
+    wait_until(lab.settled, CONVERGE, "the daemon's first reconcile")
+    before = lab.reloads()
+    serf("join", "-rpc-addr", lab.lb.rpc_addr, *(node.bind_addr for node in nodes))
+    wait_until(lambda: "# backends: 30" in lab.upstream(), CONVERGE, "all 30 rendered")
+    wait_until(lambda: lab.reloads() > before, CONVERGE, "nginx to reload")
+    assert lab.reloads() - before == 1
+    assert lab.state()["reconciles"].get("updated") == 2  # the start, then the burst
+    assert "throttled" not in lab.log()
+
+
+def test_agent_restart_reconnects_and_resyncs(lab):
+    web1 = lab.web(1)
+    web2 = lab.web(2)
+    wait_until(lambda: lab.served_by() == {"serf-web1", "serf-web2"}, CONVERGE, "both routed")
+    lab.lb.proc.stop(signal.SIGKILL)
+    serf("leave", "-rpc-addr", web2.rpc_addr)  # a change the daemon cannot see while the agent is down
+    lab.restart_lb_agent(join=web1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, CONVERGE, "resync after reconnect")
+    wait_until(lambda: "reconnected to serf agent" in lab.log(), CONVERGE, "the reconnect logged")
+    log = lab.log()
+    assert log.count("nginx keeps its current backends") == 1  # once per outage, not per attempt
+    assert lab.daemon.alive() and lab.state()["reconnects"] >= 1
+
+
+def test_change_missed_while_stopped_is_repaired_at_start(lab):
+    web1 = lab.web(1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, CONVERGE, "web1 routed")
+    assert lab.stop_daemon() == 0
+    lab.web(2)
+    serf("leave", "-rpc-addr", web1.rpc_addr)
+    wait_until(lambda: "web2" in str(lab.state()) or True, 1, "")
+    lab.start_daemon()
+    wait_until(lambda: lab.served_by() == {"serf-web2"}, CONVERGE, "repaired at start")
+    assert "web1" not in lab.upstream().replace("# Managed", "")
+
+
+def test_hung_backend_marked_down_then_back_after_rise(procs, tmp_path):
+    config = ("[daemon]\npoll_interval = 0.02\ndebounce_min = 0.05\nmin_reload_interval = 0.2\n"
+              'health_path = "/"\n')
+    lab = make_daemon_lab(procs, tmp_path / "lb", config)
+    hung = HungServer("127.0.0.12")
+    try:
+        lab.start_daemon()
+        lab.web(1)
+        lab.web(2, port=hung.port, serve=False)
+        wait_until(lambda: "down;  # web2 (failing health checks)" in lab.upstream(), CONVERGE,
+                   "the hung backend rendered down")
+        assert lab.served_by() == {"serf-web1"}
+        assert lab.state()["unhealthy"] == ["web2"]
+    finally:
+        hung.close()
+    start_web(procs, "serf-web2", "127.0.0.12", hung.port)  # it answers again
+    wait_until(lambda: lab.served_by(8) == {"serf-web1", "serf-web2"}, CONVERGE, "web2 back after rise")
+    assert "passed 2 health checks: back in rotation" in lab.log()
+
+
+def test_template_edit_goes_live_and_broken_template_keeps_last_good(procs, tmp_path):
+    template = tmp_path / "upstream.j2"
+    good = (os.path.dirname(__file__) + "/../../lbsync/templates/lbs_upstream.conf.j2")
+    template.write_text(open(good).read())
+    lab = make_daemon_lab(procs, tmp_path / "lb", f'template = "{template}"\n')
+    lab.start_daemon()
+    lab.web(1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, CONVERGE, "web1 routed")
+    template.write_text(template.read_text() + "\n# edited by the test\n")
+    wait_until(lambda: "# edited by the test" in lab.upstream(), CONVERGE, "the edited template live")
+    live = lab.upstream()
+    template.write_text("{% if backends %}\nupstream broken {\n")
+    wait_until(lambda: "template" in lab.log() and "ERROR" in lab.log(), CONVERGE, "the template error")
+    assert lab.upstream() == live and lab.served_by() == {"serf-web1"}
+    assert lab.daemon.alive() and "Traceback" not in lab.log()
