@@ -40,7 +40,11 @@ AGENT_FLAGS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(with_install="install" in argv).parse_args(argv)
+    if args.func is INSTALL:  # install writes the config file, so a broken one must not stop it
+        _setup_logging(args.verbose, syslog=False)
+        return _run(args.func, None, args)
     try:
         settings = load(args.config, overrides=_overrides(args))
     except LbsyncError as exc:
@@ -48,8 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     _setup_logging(args.verbose or settings.log_level == "debug", settings.syslog)
+    return _run(args.func, settings, args)
+
+
+def _run(func: Callable, settings: Settings | None, args: argparse.Namespace) -> int:
     try:
-        return args.func(settings, args)
+        return func(settings, args)
     except LbsyncError as exc:
         log.error("%s", exc)
         return exc.exit_code
@@ -65,7 +73,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_install: bool = True) -> argparse.ArgumentParser:
+    """All subcommands. `install`'s many flags are only defined when it is the command asked for,
+    so Serf's hook path does not import the installer."""
     parser = _Parser(
         prog="lbsync",
         description="Keep nginx's upstream equal to the web nodes Serf knows are alive.",
@@ -97,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "scale the web pool on fleet load with operator commands")
     scale.add_argument("--dry-run", dest="opt:autoscale.dry_run", action="store_const",
                        const="true", help="log every decision; run no command")
+    install = _command(commands, "install", INSTALL,
+                       "put the handlers/ files in place on an LB or web host; report what changed")
+    if with_install:
+        from .install import add_arguments
+
+        add_arguments(install)
     return parser
 
 
@@ -158,6 +174,9 @@ def _lazy(module: str) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
         return importlib.import_module(f"lbsync.{module}").main(settings, args)
     return run
+
+
+INSTALL = _lazy("install")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:

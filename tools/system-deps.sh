@@ -6,6 +6,9 @@ need=""
 command -v serf >/dev/null 2>&1 || need="$need serf"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx"
 command -v curl >/dev/null 2>&1 || need="$need curl"
+# tests: `vagrant validate` checks the Vagrantfile; systemd-analyze verifies the shipped units
+command -v vagrant >/dev/null 2>&1 || need="$need vagrant"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
 [ -z "$need" ] && exit 0
 echo "lbsync: installing system packages:$need"

@@ -1,0 +1,381 @@
+"""`lbsync install`: put the handlers/ files in place on an LB or web host, idempotently.
+
+Every managed file is built in memory first, then compared with what is on disk (bytes and
+mode); only a difference is written, atomically, and each action is reported as one line,
+`created|updated|removed PATH`, then a summary. A second run with the same flags prints no
+action, so provisioners restart serf only when a line names /etc/serf/. `--root DIR` writes
+under DIR instead of / (tests, image builds). Also runnable as `python -m lbsync.install`.
+
+Module-level imports stay light: cli.py builds this subcommand's arguments on every run,
+including Serf's hook path; the rest is imported when an install actually runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PACKAGE_TEMPLATES, AgentSettings, Settings, load, split_hostport
+from .errors import ConfigError, InstallError, LbsyncError
+
+HANDLERS = Path(__file__).resolve().parent.parent / "handlers"  # a checkout or an editable install
+SERF_PORT = 7946
+RPC_ADDR = "127.0.0.1:7373"  # the agent's RPC never listens on the network
+UPSTREAM = "/etc/nginx/conf.d/lbs_upstream.conf"
+ERROR_ROOT = "/usr/share/lbsync"
+DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+ACCESS_LOG = "/var/log/nginx/access.log"  # a web node's server; the agent watches it to drain
+SECRET_FILES = ("serf.key", "rpc.token")
+SYSTEMD = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One file install owns: `content` None means it must not exist; `keep` means write once."""
+
+    path: str
+    content: bytes | None
+    mode: int = 0o644
+    keep: bool = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--role", choices=("lb", "web"), required=True)
+    add("--ip", required=True, help="this host's private address: serf binds and advertises it")
+    add("--node-name", help="serf node name (default: host name)")
+    add("--join", action="append", default=[], metavar="HOST[:PORT]", help="LB to join (web; repeatable)")
+    add("--network", action="append", default=[], metavar="CIDR",
+        help="LB: allowed_networks, where web nodes live (repeatable; required)")
+    add("--listen", action="append", default=[], help="LB: nginx listen value(s) (default 80)")
+    add("--port", type=int, default=80, help="web: port tag, where this node's web server listens")
+    add("--weight", type=int, default=1, help="web: weight tag")
+    add("--drain-timeout", type=float, default=AgentSettings.drain_timeout, help="web: seconds")
+    add("--mode", choices=("hook", "run"), default="hook",
+        help="LB: serf event handler (hook) or the lbsync-run service (run)")
+    add("--secrets", default="/etc/lbsync/secrets",
+        help="directory with serf.key and rpc.token; made here on an LB when missing")
+    add("--handlers", default=str(HANDLERS), help="the handlers/ directory to install from")
+    add("--root", default="/", help="install under this directory instead of /")
+    add("--serf-bin", default="serf", help="serf binary for `serf keygen`")
+    add("--dry-run", action="store_true", help="report what would change; write nothing")
+
+
+def main(settings: Settings | None, args: argparse.Namespace) -> int:
+    """CLI entry (`lbsync install`): settings are unused; this step writes the config."""
+    targets = plan(args)
+    changes = apply(targets, Path(args.root), args.dry_run)
+    for action, path in changes:
+        print(f"{action} {path}")
+    verb = "would change" if args.dry_run else "changed"
+    print(f"lbsync install: {args.role} {args.node_name}: {verb} {len(changes)} of {len(targets)} files")
+    return 0
+
+
+def plan(args: argparse.Namespace) -> list[Target]:
+    """Every file this role owns, with the content it must have. Validates all input first."""
+    if not args.node_name:
+        import socket
+
+        args.node_name = socket.gethostname()
+    ip = _address(args.ip, "--ip")
+    if args.role == "lb" and not args.network:
+        raise ConfigError("--network is required for an LB: the CIDR(s) web nodes live in")
+    if args.role == "web" and not args.join:
+        raise ConfigError("--join is required for a web node: the LB address(es)")
+    handlers = Path(args.handlers)
+    if not (handlers / "serf").is_dir():
+        raise ConfigError(f"--handlers {handlers}: no serf/ inside; point it at lbsync's handlers/")
+    keys = secrets_for(Path(args.secrets), create=args.role == "lb", serf_bin=args.serf_bin)
+    node = {"node_name": _name(args.node_name), "bind": _hostport(ip), "advertise": _hostport(ip)}
+    if args.join:
+        node["retry_join"] = [_join(host) for host in args.join]
+    build = _lb_targets if args.role == "lb" else _web_targets
+    config, targets = build(args, handlers, ip, node, keys)
+    return [
+        Target(f"{SYSTEMD}/serf.service.d/lbsync.conf",
+               _read(handlers / "systemd/serf.service.d/lbsync.conf")),
+        Target("/etc/serf/lbsync-secrets.json",
+               _json({"encrypt_key": keys["serf.key"], "rpc_auth": keys["rpc.token"]}), 0o600),
+        *targets,
+        Target("/etc/serf/lbsync-node.json", _json(node)),
+        Target("/etc/lbsync/lbsync.toml", config.encode(), 0o600),
+    ]
+
+
+def _lb_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, list[Target]]:
+    """Serf with role=lb (and the hook in hook mode), the nginx front end, lbsync's config."""
+    listen, own = _listen(args.listen or ["80"], ip)
+    config = _toml({"rpc_addr": RPC_ADDR, "rpc_auth": keys["rpc.token"], "output": UPSTREAM,
+                    "allowed_networks": [str(_network(cidr)) for cidr in args.network], "lb_listen": own})
+    settings = _checked(config, args.role)
+    hook = _read(handlers / "serf/lbsync-hook.json") if args.mode == "hook" else None
+    return config, [
+        Target("/etc/serf/lbsync-lb.json", _read(handlers / "serf/lbsync-lb.json")),
+        Target("/etc/serf/lbsync-hook.json", hook),
+        Target(f"{SYSTEMD}/lbsync-run.service", _read(handlers / "systemd/lbsync-run.service")),
+        Target("/etc/nginx/conf.d/lbs_site.conf", _site(listen, settings)),
+        Target(UPSTREAM, _empty_upstream(settings), keep=True),
+        Target("/etc/nginx/modules-enabled/50-lbsync-main.conf", _read(PACKAGE_TEMPLATES / "lbs_main.conf")),
+        Target(f"{ERROR_ROOT}/lbs_503.html", _read(PACKAGE_TEMPLATES / "lbs_503.html")),
+        Target(DEFAULT_SITE, None),
+    ]
+
+
+def _web_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, list[Target]]:
+    """Serf with role=web and this node's tags, the agent's unit and its [agent] config."""
+    node["tags"] = {"port": str(args.port), "weight": str(args.weight)}
+    unit = _read(handlers / "systemd/lbsync-agent.service")
+    _check_stop_timeout(unit, args.drain_timeout)
+    config = _toml({"rpc_addr": RPC_ADDR, "rpc_auth": keys["rpc.token"]}, agent={
+        "node_name": node["node_name"], "bind": node["bind"], "advertise": node["advertise"],
+        "rpc_addr": RPC_ADDR, "rpc_auth": keys["rpc.token"], "join": node["retry_join"],
+        "encrypt_key": keys["serf.key"], "port": args.port, "weight": args.weight,
+        "drain_timeout": args.drain_timeout, "log_file": ACCESS_LOG})
+    _checked(config, args.role)
+    return config, [
+        Target("/etc/serf/lbsync-web.json", _read(handlers / "serf/lbsync-web.json")),
+        Target(f"{SYSTEMD}/lbsync-agent.service", unit),
+    ]
+
+
+def apply(targets: list[Target], root: Path, dry_run: bool = False) -> list[tuple[str, str]]:
+    """Make the disk match `targets`; returns (action, path) for each file that differed."""
+    changes = []
+    for target in targets:
+        path = root / target.path.lstrip("/")
+        exists = os.path.lexists(path)
+        if target.content is None:
+            action = "removed" if exists else None
+        elif not exists:
+            action = "created"
+        elif target.keep:
+            action = None
+        elif path.is_symlink() or path.read_bytes() != target.content:
+            action = "updated"
+        else:
+            action = "updated" if (path.stat().st_mode & 0o7777) != target.mode else None
+        if action is None:
+            continue
+        changes.append((action, target.path))
+        if dry_run:
+            continue
+        try:
+            if target.content is None:
+                path.unlink()
+            else:
+                _write(path, target.content, target.mode)
+        except OSError as exc:
+            raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return changes
+
+
+def secrets_for(directory: Path, create: bool, serf_bin: str = "serf") -> dict[str, str]:
+    """The cluster's gossip key and RPC token, made once (on the LB) and then only read.
+
+    Files are created with O_EXCL, so two provisioners racing on a shared folder agree.
+    """
+    out = {}
+    for name in SECRET_FILES:
+        path = directory / name
+        if create and not path.exists():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            value = _keygen(serf_bin) if name == "serf.key" else _token()
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(value + "\n")
+            except FileExistsError:
+                pass
+        try:
+            out[name] = path.read_text().strip()
+        except OSError:
+            raise ConfigError(f"{path} is missing: copy the secrets directory from the LB") from None
+        if not out[name]:
+            raise ConfigError(f"{path} is empty")
+    if len(_b64(out["serf.key"])) not in (16, 24, 32):
+        raise ConfigError(f"{directory}/serf.key is not a serf key (base64 of 16, 24 or 32 bytes)")
+    return out
+
+
+def _token() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+def _keygen(serf_bin: str) -> str:
+    """`serf keygen`: the same base64 32-byte key Serf's docs tell operators to make."""
+    import subprocess
+
+    try:
+        done = subprocess.run([serf_bin, "keygen"], check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InstallError(f"cannot run `{serf_bin} keygen`: {exc}") from None
+    if done.returncode != 0:
+        raise InstallError(f"`{serf_bin} keygen` failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return b""
+
+
+def _site(listen: list[str], settings: Settings) -> bytes:
+    from .render import render
+
+    return render(PACKAGE_TEMPLATES / "lbs_site.conf.j2", {
+        "listen": listen, "upstream_name": settings.upstream_name, "error_root": ERROR_ROOT}).encode()
+
+
+def _empty_upstream(settings: Settings) -> bytes:
+    """What `lbsync sync` renders for no members, so nginx starts valid and the first sync is a no-op."""
+    from .members import Policy, select
+    from .sync import candidate_for
+
+    return candidate_for(settings, select([], Policy.from_settings(settings)), frozenset()).encode()
+
+
+def _checked(text: str, role: str) -> Settings:
+    """Load the generated config through lbsync's own strict loader: a typo fails here, not later."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lbsync-install-") as tmp:
+        path = Path(tmp) / "lbsync.toml"
+        path.write_text(text)
+        try:
+            return load(path, env={})
+        except ConfigError as exc:
+            raise ConfigError(f"generated config for {role} is invalid: {exc}") from None
+
+
+def _check_stop_timeout(unit: bytes, drain_timeout: float) -> None:
+    """systemd must let the drain finish: TimeoutStopSec > drain_timeout + time to leave."""
+    import configparser
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string(unit.decode())
+    stop = float(parser.get("Service", "TimeoutStopSec", fallback="90"))
+    if stop < drain_timeout + 15:
+        raise ConfigError(f"--drain-timeout {drain_timeout:g} s does not fit lbsync-agent.service's "
+                          f"TimeoutStopSec={stop:g}: raise it to at least {drain_timeout + 15:g}")
+
+
+def _toml(top: dict, agent: dict | None = None) -> str:
+    lines = ["# Written by `lbsync install`; re-run it instead of editing (it rewrites this file)."]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in top.items()]
+    if agent:
+        lines += ["", "[agent]"] + [f"{key} = {json.dumps(value)}" for key, value in agent.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _json(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write(path: Path, content: bytes, mode: int) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _address(text: str, flag: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give the private IP address, not a name") from None
+    if address.is_unspecified:
+        raise ConfigError(f"{flag} {text}: bind one private address, never the wildcard")
+    return address
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"--network {text!r} is not a CIDR") from None
+
+
+def _hostport(ip, port: int = SERF_PORT) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _join(text: str) -> str:
+    """An LB to join: an IP or a host name, with Serf's port unless one is given."""
+    try:
+        return _hostport(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    host, port = text, SERF_PORT
+    if ":" in text:
+        try:
+            host, port = split_hostport(text)
+        except ValueError:
+            raise ConfigError(f"--join {text!r}: expected HOST or HOST:PORT") from None
+    if not host or not all(ch.isascii() and (ch.isalnum() or ch in ".-") for ch in host):
+        raise ConfigError(f"--join {text!r}: expected HOST or HOST:PORT")
+    return f"{host}:{port}"
+
+
+def _listen(items: list[str], ip) -> tuple[list[str], list[str]]:
+    """nginx listen values (PORT or HOST:PORT) and the host:port list lbsync must never render."""
+    own = []
+    for item in items:
+        try:
+            own.append(_hostport(ip, int(item)) if item.isdigit() else item)
+            split_hostport(own[-1])
+        except ValueError:
+            raise ConfigError(f"--listen {item!r}: expected PORT or HOST:PORT") from None
+    return items, own
+
+
+def _name(text: str) -> str:
+    if not text or not all(ch.isascii() and (ch.isalnum() or ch in "._-") for ch in text):
+        raise ConfigError(f"--node-name {text!r}: use letters, digits, '.', '_' and '-'")
+    return text
+
+
+def standalone(argv: list[str] | None = None) -> int:
+    """`python -m lbsync.install`: the same step before (or without) the `lbsync` script."""
+    parser = argparse.ArgumentParser(prog="lbsync install", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return main(None, args)
+    except LbsyncError as exc:
+        print(f"lbsync install: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(standalone())
