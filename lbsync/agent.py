@@ -16,7 +16,8 @@ flight and make the LB wait for Serf's failure detection:
    (psutil), which can miss requests shorter than the poll interval;
 3. a graceful Serf `leave`, so peers see *left* rather than *failed*; the child serf exits.
 
-A second signal skips the wait and leaves at once.
+A second signal skips the wait and leaves at once. An attached Serf agent is left too: Serf's
+`leave` ends the agent, which is what "this node is going away" means.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import base64
 import binascii
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,8 +118,12 @@ def _check_key(key: str) -> None:
         raise ConfigError("agent.encrypt_key must be base64 of 16, 24 or 32 bytes (see `serf keygen`)")
 
 
-def serf_argv(agent: AgentSettings) -> list[str]:
-    """The command line of the child `serf agent` (secrets included: pass them by file if that matters)."""
+def serf_argv(agent: AgentSettings, secrets_file: str = "") -> list[str]:
+    """The command line of the child `serf agent`.
+
+    The gossip key and RPC token go in `secrets_file` (see `write_secrets`), not on the command
+    line: argv is world-readable in ps, and serf 0.8 has no -rpc-auth flag anyway.
+    """
     argv = [agent.serf_bin, "agent", "-node", agent.node_name or socket.gethostname(),
             "-bind", agent.bind, "-rpc-addr", agent.rpc_addr]
     if agent.advertise:
@@ -125,11 +132,23 @@ def serf_argv(agent: AgentSettings) -> list[str]:
         argv += ["-tag", f"{key}={value}"]
     for address in agent.join:
         argv += ["-retry-join", address]
-    for flag, value in (("-encrypt", agent.encrypt_key), ("-rpc-auth", agent.rpc_auth),
-                        ("-config-file", agent.serf_config)):
-        if value:
-            argv += [flag, value]
+    for path in (agent.serf_config, secrets_file):
+        if path:
+            argv += ["-config-file", path]
     return argv
+
+
+def write_secrets(agent: AgentSettings, directory: str) -> str:
+    """A 0600 serf config file with the gossip key and RPC token; "" when neither is set."""
+    secrets = {key: value for key, value in (("encrypt_key", agent.encrypt_key),
+                                             ("rpc_auth", agent.rpc_auth)) if value}
+    if not secrets:
+        return ""
+    path = os.path.join(directory, "secrets.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(secrets, handle)
+    return path
 
 
 def tags(agent: AgentSettings) -> dict[str, str]:
@@ -149,20 +168,21 @@ def serf_agent(agent: AgentSettings) -> Iterator[subprocess.Popen | None]:
         log.info("attaching to the serf agent already running at %s", agent.rpc_addr)
         yield None
         return
-    child = _spawn(serf_argv(agent))
-    try:
-        _wait_rpc(child, host, port)
-        yield child
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            _wait_exit(child)
+    with tempfile.TemporaryDirectory(prefix="lbsync-agent-") as private:
+        child = _spawn(serf_argv(agent, write_secrets(agent, private)))
+        try:
+            _wait_rpc(child, host, port)
+            yield child
+        finally:
+            if child.poll() is None:
+                child.terminate()
+                _wait_exit(child)
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen:
     """Start serf in its own process group, so a Ctrl-C reaches only us and we drain first;
     and ask the kernel to kill it if we die, so no orphan keeps advertising an undrained node."""
-    log.info("starting %s", " ".join(_redacted(argv)))
+    log.info("starting %s", " ".join(argv))
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, process_group=0,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here)
@@ -173,10 +193,6 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _redacted(argv: list[str]) -> list[str]:
-    return ["***" if prev in ("-encrypt", "-rpc-auth") else arg for prev, arg in zip([""] + argv, argv)]
 
 
 def _wait_rpc(child: subprocess.Popen, host: str, port: int) -> None:

@@ -8,16 +8,17 @@ because the state outlives a restart of the autoscaler.
 Rules, in order: stay within min_size..max_size (also at start: below min -> scale out); scale out
 when the fleet load stayed above `scale_out_threshold` for `sustain` consecutive samples; scale in
 when it stayed below `scale_in_threshold` as long. Each direction waits its cooldown after an
-attempt, failed or not, so a failing command is never retried in a tight loop; scale-in also waits
-`cooldown_in` after a scale-out, so the fleet does not flap. `main` is here only so the CLI can
+attempt, failed or not, counted from the attempt's end, so a failing command is never retried in
+a tight loop; scale-in also waits `cooldown_in` after a scale-out, so the fleet does not flap. `main` is here only so the CLI can
 import this module; the loop lives in `lbsync.scaler`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 OUT, IN, HOLD = "scale-out", "scale-in", "hold"
 
@@ -38,7 +39,7 @@ class Policy:
     name_template: str = "web{index}"
 
     @classmethod
-    def from_settings(cls, conf: Any) -> "Policy":
+    def from_settings(cls, conf: Any) -> Policy:
         return cls(**{name: getattr(conf, name) for name in cls.__dataclass_fields__})
 
     def index_of(self, name: str) -> int | None:
@@ -64,22 +65,22 @@ class Node:
 class State:
     """What must survive a restart so the autoscaler does not double-fire."""
 
-    last_out: float | None = None  # time of the last scale-out attempt, failed or not
+    last_out: float | None = None  # end of the last scale-out attempt, failed or not
     last_in: float | None = None
     warming: tuple[Node, ...] = ()  # launched; counted in size, load ignored until warm
     removing: tuple[Node, ...] = ()  # being drained/destroyed; neither size nor load
 
     def to_json(self) -> dict:
-        nodes = lambda group: [vars(node) for node in group]  # noqa: E731
+        nodes = lambda group: [vars(node) for node in group]
         return {"last_out": self.last_out, "last_in": self.last_in,
                 "warming": nodes(self.warming), "removing": nodes(self.removing)}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "State":
+    def from_json(cls, data: Mapping) -> State:
         """Raises ValueError (or TypeError/KeyError) on a state file that is not ours."""
-        nodes = lambda key: tuple(Node(str(n["name"]), n["index"], float(n["since"]))  # noqa: E731
+        nodes = lambda key: tuple(Node(str(n["name"]), n["index"], float(n["since"]))
                                   for n in data.get(key, ()))
-        opt = lambda key: None if data.get(key) is None else float(data[key])  # noqa: E731
+        opt = lambda key: None if data.get(key) is None else float(data[key])
         return cls(opt("last_out"), opt("last_in"), nodes("warming"), nodes("removing"))
 
 
@@ -107,42 +108,49 @@ def decide(state: State, samples: list[Sample], policy: Policy) -> Decision:
     """The next action for the newest sample, given the recent ones (oldest first)."""
     if not samples:
         return Decision(HOLD, "no sample yet", 0, None, state)
-    now, latest = samples[-1].time, samples[-1]
+    latest = samples[-1]
     state = _prune(state, latest, policy)
     size = _size(state, latest)
     window = [fleet_load(sample, state) for sample in samples[-policy.sustain:]]
-    hold = lambda reason: Decision(HOLD, reason, size, window[-1], state)  # noqa: E731
+    action, count, reason = wanted(size, window, policy)
+
+    def hold(why: str) -> Decision:
+        return Decision(HOLD, why, size, window[-1], state)
+
+    if action == OUT:
+        return (_out(state, latest, policy, size, window[-1], count, reason)
+                or hold(f"{reason}; {_cooling(state, latest.time, policy, OUT)}"))
+    if action == IN:
+        return (_in(state, latest, policy, size, window[-1], count, reason)
+                or hold(f"{reason}; {_blocked_in(state, latest, policy)}"))
+    return hold(reason)
+
+
+def wanted(size: int, window: list[float | None], policy: Policy) -> tuple[str, int, str]:
+    """What size and load ask for before cooldowns: (action, how many nodes, why)."""
     if size < policy.min_size:
-        return _out(state, latest, policy, size, window[-1], policy.min_size - size,
-                    f"size {size} is below min_size {policy.min_size}") or hold(
-                    f"size {size} is below min_size {policy.min_size}; {_cooling(state, now, policy, OUT)}")
+        return OUT, policy.min_size - size, f"size {size} is below min_size {policy.min_size}"
     if size > policy.max_size:
-        return _in(state, latest, policy, size, window[-1], size - policy.max_size,
-                   f"size {size} is above max_size {policy.max_size}") or hold(
-                   f"size {size} is above max_size {policy.max_size}; {_blocked_in(state, latest, policy)}")
+        return IN, size - policy.max_size, f"size {size} is above max_size {policy.max_size}"
+    if window[-1] is None:
+        return HOLD, 0, "no node answered the load query" if size else "no web node"
     high = _streak(window, lambda load: load > policy.scale_out_threshold)
     low = _streak(window, lambda load: load < policy.scale_in_threshold)
-    if window[-1] is None:
-        return hold("no node answered the load query" if size else "no web node")
     if high == policy.sustain:
         reason = f"load {window[-1]:.2f} > {policy.scale_out_threshold:.2f} for {high} samples"
         if size >= policy.max_size:
-            return hold(f"{reason}, but size {size} is at max_size {policy.max_size}")
-        count = min(policy.step, policy.max_size - size)
-        return _out(state, latest, policy, size, window[-1], count, reason) or hold(
-            f"{reason}; {_cooling(state, now, policy, OUT)}")
+            return HOLD, 0, f"{reason}, but size {size} is at max_size {policy.max_size}"
+        return OUT, min(policy.step, policy.max_size - size), reason
     if low == policy.sustain:
         reason = f"load {window[-1]:.2f} < {policy.scale_in_threshold:.2f} for {low} samples"
         if size <= policy.min_size:
-            return hold(f"{reason}, but size {size} is at min_size {policy.min_size}")
-        count = min(policy.step, size - policy.min_size)
-        return _in(state, latest, policy, size, window[-1], count, reason) or hold(
-            f"{reason}; {_blocked_in(state, latest, policy)}")
+            return HOLD, 0, f"{reason}, but size {size} is at min_size {policy.min_size}"
+        return IN, min(policy.step, size - policy.min_size), reason
     if high:
-        return hold(f"load above {policy.scale_out_threshold:.2f} for {high}/{policy.sustain} samples")
+        return HOLD, 0, f"load above {policy.scale_out_threshold:.2f} for {high}/{policy.sustain} samples"
     if low:
-        return hold(f"load below {policy.scale_in_threshold:.2f} for {low}/{policy.sustain} samples")
-    return hold("load within thresholds")
+        return HOLD, 0, f"load below {policy.scale_in_threshold:.2f} for {low}/{policy.sustain} samples"
+    return HOLD, 0, "load within thresholds"
 
 
 def fleet_load(sample: Sample, state: State) -> float | None:
@@ -164,14 +172,15 @@ def begin(state: State, decision: Decision, now: float) -> State:
 
 
 def finish(state: State, decision: Decision, done: list[str], now: float) -> State:
-    """After the commands: `done` are the nodes whose commands succeeded (in order)."""
+    """After the commands (`done`: the nodes whose commands succeeded). Cooldowns and warm-up
+    count from the end of the action, as a long drain or boot has not changed the load yet."""
     names = {node.name for node in decision.nodes}
-    if decision.action == OUT:  # warm-up counts from the end of a successful boot
+    if decision.action == OUT:
         warming = tuple(replace(n, since=now) if n.name in done else n
                         for n in state.warming if n.name not in names or n.name in done)
-        return replace(state, warming=warming)
+        return replace(state, last_out=now, warming=warming)
     if decision.action == IN:  # a failed removal counts again; the cooldown delays the retry
-        return replace(state, removing=tuple(n for n in state.removing if n.name not in names))
+        return replace(state, last_in=now, removing=tuple(n for n in state.removing if n.name not in names))
     return state
 
 
@@ -226,9 +235,11 @@ def _cooling(state: State, now: float, policy: Policy, action: str) -> str:
 
 def _prune(state: State, latest: Sample, policy: Policy) -> State:
     """A warming node is warm once `warmup` passed and it is alive (given up if it is not);
-    a removing node is done once it has left."""
+    a removing node is done once it has left. A removal still recorded a cooldown after it
+    began was interrupted (the autoscaler died mid-command): the node counts again."""
     warming = tuple(n for n in state.warming if latest.time < n.since + policy.warmup)
-    removing = tuple(n for n in state.removing if n.name in latest.loads)
+    removing = tuple(n for n in state.removing
+                     if n.name in latest.loads and latest.time < n.since + policy.cooldown_in)
     return replace(state, warming=warming, removing=removing)
 
 

@@ -53,8 +53,8 @@ class AgentSettings:
 class DaemonSettings:
     """`lbsync run`: how fast it follows Serf and how often it reloads nginx."""
 
-    poll_interval: float = 0.02  # members-filtered poll: the agent's view within tens of ms
-    debounce_min: float = 0.05  # quiescence window after the last change
+    poll_interval: float = 0.05  # idle members-filtered poll; 20 ms while a change settles
+    debounce_min: float = 0.02  # quiescence after the last change: one unchanged poll
     debounce_max: float = 0.5  # never wait longer than this under continuous churn
     min_reload_interval: float = 1.0
     resync_interval: float = 60.0
@@ -65,6 +65,21 @@ class DaemonSettings:
     health_rise: int = 2
     health_fall: int = 2
     metrics_file: str = ""
+
+    def __post_init__(self) -> None:
+        """A zero poll would spin a core; a cap below the window would make the window a lie."""
+        for name in ("poll_interval", "health_interval", "health_timeout", "resync_interval", "reconnect_max"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"daemon.{name} must be > 0, not {getattr(self, name)}")
+        if not 0 <= self.debounce_min <= self.debounce_max:
+            raise ConfigError(f"daemon.debounce_min ({self.debounce_min}) must be 0..debounce_max "
+                              f"({self.debounce_max})")
+        if self.min_reload_interval < 0:
+            raise ConfigError(f"daemon.min_reload_interval must be >= 0, not {self.min_reload_interval}")
+        if not (1 <= self.health_rise <= 100 and 1 <= self.health_fall <= 100):
+            raise ConfigError("daemon.health_rise and daemon.health_fall must be 1..100")
+        if self.health_path and not self.health_path.startswith("/"):
+            raise ConfigError(f"daemon.health_path {self.health_path!r} must start with /")
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,13 @@ class AutoscaleSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"autoscale.{message}")
+        import shlex
+
+        for key in ("scale_out_command", "drain_command", "scale_in_command"):
+            try:
+                shlex.split(getattr(self, key))
+            except ValueError as exc:
+                raise ConfigError(f"autoscale.{key}: {exc}") from None
 
 
 @dataclass(frozen=True)

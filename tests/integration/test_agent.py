@@ -11,7 +11,6 @@ import signal
 import sys
 
 import pytest
-
 from realparts import ROOT, Processes, SerfNode, free_port, start_serf, wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,25 +32,34 @@ def query_load(lb: SerfNode) -> dict[str, bytes]:
         return client.query("load", timeout=1.0)
 
 
-def start_agent(procs: Processes, lb: SerfNode, ip: str, name: str, *extra: str):
-    argv = [sys.executable, "-m", "lbsync", "agent", "--join", lb.bind_addr, "--node-name", name,
+def start_agent(procs: Processes, lb: SerfNode, ip: str, name: str, *sets: str):
+    """`lbsync agent` as a process; `sets` are KEY=VALUE settings (--set goes before the command)."""
+    options = [arg for item in sets for arg in ("--set", item)]
+    argv = [sys.executable, "-m", "lbsync", *options, "agent", "--join", lb.bind_addr, "--node-name", name,
             "--bind", f"{ip}:{free_port(ip)}", "--agent-rpc-addr", f"{ip}:{free_port(ip)}",
-            "--port", "8001", "--weight", "3", *extra]
+            "--port", "8001", "--weight", "3"]
     return procs.start(f"agent-{name}", argv, ENV)
+
+
+def running(proc) -> bool:
+    """True while `proc` runs; an early exit fails the test with its log instead of a timeout."""
+    assert proc.alive(), f"{proc.name} exited {proc.popen.returncode}:\n{proc.output()[-2000:]}"
+    return True
 
 
 def test_agent_tags_load_drain_and_graceful_leave(procs, tmp_path):
     lb = start_serf(procs, "lb", "127.0.0.1", {"role": "lb"}, extra=[])
     load_file = tmp_path / "load"
-    agent = start_agent(procs, lb, "127.0.0.31", "agent-web1", "--set", f"agent.load_file={load_file}",
-                        "--set", "agent.drain_quiet=0.5")
-    seen = wait_until(lambda: (m := member(lb, "agent-web1")) and m["Status"] == "alive" and m,
+    agent = start_agent(procs, lb, "127.0.0.31", "agent-web1", f"agent.load_file={load_file}",
+                        "agent.drain_quiet=0.5")
+    seen = wait_until(lambda: running(agent) and (m := member(lb, "agent-web1")) and m["Status"] == "alive" and m,
                       20, "the agent's node to join the LB")
     assert seen["Tags"] == {"role": "web", "port": "8001", "weight": "3"}
     assert str(seen["Addr"]) == "127.0.0.31"
 
-    answers = query_load(lb)  # no load file yet: the real load per CPU
-    assert set(answers) == {"agent-web1"} and float(answers["agent-web1"]) >= 0
+    # the node can be alive a moment before the agent subscribes to queries: poll for the first answer
+    answers = wait_until(lambda: query_load(lb), 20, "a first answer to the load query")
+    assert set(answers) == {"agent-web1"} and float(answers["agent-web1"]) >= 0  # the real load per CPU
     load_file.write_text("0.87\n")
     assert query_load(lb) == {"agent-web1": b"0.87"}
 
@@ -66,10 +74,10 @@ def test_agent_tags_load_drain_and_graceful_leave(procs, tmp_path):
 def test_agent_attaches_to_a_running_serf(procs, tmp_path):
     lb = start_serf(procs, "lb", "127.0.0.1", {"role": "lb"})
     node = start_serf(procs, "attached-web", "127.0.0.32", {"drain": "1"})  # a stale drain tag
-    agent = procs.start("agent", [sys.executable, "-m", "lbsync", "agent", "--join", lb.bind_addr,
-                                  "--agent-rpc-addr", node.rpc_addr, "--port", "8002",
-                                  "--set", "agent.drain_quiet=0"], ENV)
-    wait_until(lambda: (m := member(lb, "attached-web")) and m["Tags"].get("port") == "8002",
+    agent = procs.start("agent", [sys.executable, "-m", "lbsync", "--set", "agent.drain_quiet=0", "agent",
+                                  "--join", lb.bind_addr, "--agent-rpc-addr", node.rpc_addr,
+                                  "--port", "8002"], ENV)
+    wait_until(lambda: running(agent) and (m := member(lb, "attached-web")) and m["Tags"].get("port") == "8002",
                20, "the attached agent's tags at the LB")
     assert member(lb, "attached-web")["Tags"] == {"role": "web", "port": "8002", "weight": "1"}
     agent.send(signal.SIGINT)

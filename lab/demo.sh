@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The lbsync tour on one machine: a load balancer (nginx + Serf + lbsync) and web nodes on
+# loopback addresses. Boots web1..web3 one by one, shows who answers through the LB, what Serf
+# and nginx's upstream say, then drains web2 away. Leaves the lab running. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. lab/env.sh
+require serf nginx
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+members() {
+    echo "\$ serf members -rpc-addr $LB_IP:$LB_RPC_PORT -rpc-auth \$(lab/labtool.py token $LAB_DIR)"
+    serf members -rpc-addr "$LB_IP:$LB_RPC_PORT" -rpc-auth "$(tool token "$LAB_DIR")" | sed 's/^/   /'
+}
+upstream() {
+    show cat "$LAB_DIR/nginx/conf.d/lbs_upstream.conf"
+    sed 's/^/   /' "$LAB_DIR/nginx/conf.d/lbs_upstream.conf"
+}
+
+step "1. The load balancer: nginx, a Serf agent, and lbsync as its event handler"
+show lab/up.sh
+lab/up.sh
+. "$LAB_DIR/lab.env"  # the ports up.sh settled on
+tool requests "$LB_IP" "$HTTP_PORT" 1  # nobody home yet: lbsync's 503 page
+
+if [ -n "${LAB_AUTOSCALE:-}" ]; then
+    step "2. Autoscale on (min 2, max 4): lbsync autoscale boots the pool itself"
+    AUTOSCALE=("$PYTHON" -m lbsync -c "$LAB_DIR/lb/lbsync.toml"
+        --set autoscale.min_size=2 --set autoscale.max_size=4 --set autoscale.interval=5
+        --set autoscale.sustain=3 --set autoscale.cooldown_out=30 --set autoscale.cooldown_in=60
+        --set autoscale.warmup=15 --set "autoscale.name_template=serf-web{index}"
+        --set "autoscale.scale_out_command=$REPO/lab/boot_web.sh {index}"
+        --set "autoscale.scale_in_command=$REPO/lab/stop_web.sh {index}" autoscale)
+    show "${AUTOSCALE[@]}"
+    tool alive "$LAB_DIR/lb/autoscale.pid" ||
+        tool spawn "$LAB_DIR/lb/autoscale.pid" "$LAB_DIR/lb/autoscale.log" -- "${AUTOSCALE[@]}"
+    tool wait-served "$LB_IP" "$HTTP_PORT" serf-web2 --timeout 60
+    tool requests "$LB_IP" "$HTTP_PORT" 4
+    echo "   load: echo 0.95 > $LAB_DIR/webN/load scales out; echo 0.05 scales back in"
+    echo "   decisions: tail -f $LAB_DIR/lb/autoscale.log"
+else
+    for n in 1 2 3; do
+        step "$((n + 1)). Boot web node $n (serf-web$n on $LAB_NET.$n)"
+        show lab/boot_web.sh "$n"
+        lab/boot_web.sh "$n"
+        tool wait-served "$LB_IP" "$HTTP_PORT" "serf-web$n" --timeout 30
+        tool requests "$LB_IP" "$HTTP_PORT" "$((n * 2))"
+    done
+fi
+
+step "5. What Serf knows, and what lbsync rendered from it"
+members
+upstream
+
+step "6. web2 leaves gracefully: drain=1, the LB stops sending, then it leaves"
+show lab/stop_web.sh 2
+lab/stop_web.sh 2
+tool wait-served "$LB_IP" "$HTTP_PORT" serf-web2 --gone --timeout 30
+tool requests "$LB_IP" "$HTTP_PORT" 4
+members
+upstream
+
+LBSYNC="lbsync"  # the console script in make demo's venv, else the checkout's module
+command -v lbsync >/dev/null 2>&1 || LBSYNC="PYTHONPATH=$REPO $PYTHON -m lbsync"
+next() { printf '   %-58s # %s\n' "$1" "$2"; }
+printf '\n== The lab is still running (state and logs in %s). Try:\n' "$LAB_DIR"
+next "curl -s http://$LB_IP:$HTTP_PORT/" "which node answers"
+next "lab/boot_web.sh 4" "one more node joins the pool"
+next "lab/boot_web.sh 2" "web2 comes back"
+next "lab/stop_web.sh 2" "a graceful drain, then leave"
+next "lab/kill_web.sh 3" "a hard crash: Serf says failed, the LB drops it"
+next "$LBSYNC -c $LAB_DIR/lb/lbsync.toml status" "what the LB renders, and why"
+next "lab/down.sh" "stop everything (state and logs stay)"
+next "LAB_MODE=run lab/up.sh" "after down.sh: the LB with the lbsync run daemon"

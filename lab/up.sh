@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Start the lab's load balancer: nginx on $LB_IP:$HTTP_PORT and a Serf agent that runs lbsync
+# on every membership change. Safe to re-run: what is already running is left alone.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+require serf nginx
+mkdir -p "$LAB_DIR/lb" "$LAB_DIR/nginx"
+
+if ! tool alive "$LAB_DIR/lb/serf.pid"; then  # choose ports now; later scripts read lab.env
+    LB_SERF_PORT=$(tool free-port "$LB_IP" "$LB_SERF_PORT")
+    LB_RPC_PORT=$(tool free-port "$LB_IP" "$LB_RPC_PORT")
+    tool alive "$LAB_DIR/nginx/nginx.pid" || HTTP_PORT=$(tool free-port "$LB_IP" "$HTTP_PORT")
+    printf 'LB_IP=%s\nLB_SERF_PORT=%s\nLB_RPC_PORT=%s\nHTTP_PORT=%s\nLAB_NET=%s\nLAB_MODE=%s\n' \
+        "$LB_IP" "$LB_SERF_PORT" "$LB_RPC_PORT" "$HTTP_PORT" "$LAB_NET" "$LAB_MODE" > "$LAB_DIR/lab.env"
+else
+    running=$(sed -n 's/^LAB_MODE=//p' "$LAB_DIR/lab.env" 2>/dev/null)
+    [ "${running:-hook}" = "$LAB_MODE" ] ||
+        die "the LB runs in ${running:-hook} mode: lab/down.sh first to switch to $LAB_MODE"
+fi
+tool lb-config "$LAB_DIR"
+export LBSYNC_CONFIG="$LAB_DIR/lb/lbsync.toml"
+NGINX=(nginx -p "$LAB_DIR/nginx" -c "$LAB_DIR/nginx/nginx.conf" -e stderr)
+
+if tool alive "$LAB_DIR/nginx/nginx.pid"; then
+    echo "nginx is already running (pid $(cut -d' ' -f1 "$LAB_DIR/nginx/nginx.pid"))"
+else
+    show "${NGINX[@]}"
+    "${NGINX[@]}"  # daemonises; writes $LAB_DIR/nginx/nginx.pid
+    tool wait-port "$LB_IP" "$HTTP_PORT" --timeout 10 --what "nginx on port $HTTP_PORT"
+fi
+
+HANDLER="'$PYTHON' -m lbsync handle 2>>'$LAB_DIR/lb/lbsync.log'"
+SERF=(serf agent -node lb -bind "$LB_IP:$LB_SERF_PORT" -rpc-addr "$LB_IP:$LB_RPC_PORT"
+      -tag role=lb -config-file "$LAB_DIR/lb/serf.json")
+[ "$LAB_MODE" = hook ] && SERF+=(-event-handler "$HANDLER")
+if tool alive "$LAB_DIR/lb/serf.pid"; then
+    echo "the LB's serf agent is already running"
+else
+    show "${SERF[@]}"
+    tool spawn "$LAB_DIR/lb/serf.pid" "$LAB_DIR/lb/serf.log" -- "${SERF[@]}"
+    tool wait-port "$LB_IP" "$LB_RPC_PORT" --pidfile "$LAB_DIR/lb/serf.pid" --timeout 15 \
+        --what "the LB's serf agent"
+fi
+
+case "$LAB_MODE" in
+    hook) "$PYTHON" -m lbsync sync 2>>"$LAB_DIR/lb/lbsync.log" ;;  # render the pool Serf knows now
+    run)
+        [ -f "$REPO/lbsync/daemon.py" ] || die "LAB_MODE=run needs lbsync/daemon.py (lbsync run)"
+        tool alive "$LAB_DIR/lb/daemon.pid" ||
+            tool spawn "$LAB_DIR/lb/daemon.pid" "$LAB_DIR/lb/lbsync.log" -- "$PYTHON" -m lbsync run ;;
+    *) die "LAB_MODE must be hook or run, not $LAB_MODE" ;;
+esac
+
+cat <<INFO
+LB up ($LAB_MODE mode):  http://$LB_IP:$HTTP_PORT/   serf $LB_IP:$LB_SERF_PORT (rpc $LB_IP:$LB_RPC_PORT)
+  state and logs: $LAB_DIR   (lbsync's log: $LAB_DIR/lb/lbsync.log)
+  next: lab/boot_web.sh 1
+INFO

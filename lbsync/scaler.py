@@ -1,0 +1,293 @@
+"""`lbsync autoscale`: the loop around `autoscale.decide` and all of its I/O.
+
+Every `interval`: one Serf RPC connection lists the alive web nodes and asks them all the `load`
+query at once (nodes that do not answer are logged and simply carry no load); the sample joins a
+short history; then, under an flock in state_dir, the state is re-read from
+state_dir/autoscale.json, `decide` runs, and its action runs. The state is written atomically
+before a command starts (cooldown and the launched node recorded) and again after it ends, so
+neither a restart nor a second autoscaler on the same state_dir can double-fire.
+
+Commands run without a shell, in their own session, with a timeout after which the whole group
+is killed; output goes to a temp file, not a pipe, so a command that leaves a daemon behind (a
+lab boot script) does not keep us waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from . import autoscale
+from .autoscale import IN, OUT, Decision, Node, Policy, Sample, State
+from .config import Settings
+from .errors import ConfigError, LockError, SourceError
+from .members import Policy as MemberPolicy
+from .members import select
+from .sync import _write_atomic, locked
+
+log = logging.getLogger("lbsync")
+
+MAX_LOAD = 1000.0  # a normalised load above this is a broken answer, not a busy node
+GONE_POLL = 0.5  # how often to look whether a drained node has left
+
+
+def main(settings: Settings, args: object) -> int:
+    conf = settings.autoscale
+    if not conf.dry_run and not (shlex.split(conf.scale_out_command) and shlex.split(conf.scale_in_command)):
+        raise ConfigError("autoscale needs autoscale.scale_out_command and autoscale.scale_in_command "
+                          "(or --dry-run)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    Scaler(settings).run(stop)
+    return 0
+
+
+class Scaler:
+    """One autoscaler: its sample history and (in dry-run) its in-memory state."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.conf = settings, settings.autoscale
+        self.policy = Policy.from_settings(self.conf)
+        self.history: deque[Sample] = deque(maxlen=self.conf.sustain)
+        self.state_path = Path(settings.state_dir) / "autoscale.json"
+        self.dry_state = State()
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick every `interval` (start to start) until `stop` is set; an action always finishes."""
+        try:
+            Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"state_dir {self.settings.state_dir}: {exc.strerror or exc}") from None
+        mode = "dry run, no command will run" if self.conf.dry_run else "acting"
+        log.info("autoscale: %s; sizes %d..%d, out > %.2f, in < %.2f, sustain %d x %g s",
+                 mode, self.conf.min_size, self.conf.max_size, self.conf.scale_out_threshold,
+                 self.conf.scale_in_threshold, self.conf.sustain, self.conf.interval)
+        while not stop.is_set():
+            started = time.monotonic()
+            self.tick()
+            stop.wait(max(0.0, self.conf.interval - (time.monotonic() - started)))
+        log.info("autoscale: stopped")
+
+    def tick(self) -> None:
+        try:
+            sample = self.sample()
+        except SourceError as exc:
+            log.warning("autoscale: no sample this time: %s", exc)
+            return
+        self.history.append(sample)
+        try:
+            with locked(str(self.state_path.with_suffix(".lock")), timeout=1.0):
+                self.decide_and_act(sample)
+        except LockError as exc:  # another autoscaler is acting; its state is re-read next time
+            log.info("autoscale: %s; deciding next time", exc)
+
+    def decide_and_act(self, sample: Sample) -> None:
+        state = self.dry_state if self.conf.dry_run else self.load_state()
+        decision = autoscale.decide(state, list(self.history), self.policy)
+        log.info("sample: %s", describe_sample(sample, decision.state))
+        log.info("decision: %s", describe_decision(decision, self.policy))
+        state = decision.state
+        if decision.action in (OUT, IN):
+            state = self.act(decision, state)
+            self.history.clear()  # the next decision must be sustained by what the fleet is now
+        if self.conf.dry_run:
+            self.dry_state = state
+        else:
+            self.save(state, decision, sample)
+
+    def act(self, decision: Decision, state: State) -> State:
+        state = autoscale.begin(state, decision, time.time())
+        if self.conf.dry_run:
+            names = ", ".join(node.name for node in decision.nodes)
+            log.info("dry run: would %s %s; nothing run", decision.action, names)
+            return state
+        self.save(state, decision, None)
+        step = self.boot if decision.action == OUT else self.remove
+        done = []
+        for node in decision.nodes:
+            if not step(node):
+                break
+            done.append(node.name)
+        return autoscale.finish(state, decision, done, time.time())
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def sample(self) -> Sample:
+        """Alive web nodes (validated like the LB does) and their answers to one load query."""
+        from .serf import SerfClient
+
+        s = self.settings
+        with SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout) as client:
+            records = client.members_filtered(tags={"role": s.role}, status="alive")
+            answers = client.query(s.agent.load_query, timeout=self.conf.query_timeout,
+                                   filter_tags={"role": s.role})
+        selection = select(records, MemberPolicy.from_settings(s))
+        for skip in selection.skipped:
+            log.warning("autoscale: not counting member %s: %s", skip.name, skip.reason)
+        return Sample(time.time(), {m.name: parse_load(answers.get(m.name))
+                                    for m in selection.backends if not m.draining})
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def boot(self, node: Node) -> bool:
+        return self.command("scale-out", self.conf.scale_out_command, node)
+
+    def remove(self, node: Node) -> bool:
+        """drain (-> leave) -> wait until not alive -> destroy -> force-leave -prune."""
+        if self.conf.drain_command:
+            if not self.command("drain", self.conf.drain_command, node):
+                return False
+            if not self.wait_gone(node.name):
+                log.error("autoscale: %s is still alive %g s after its drain; not destroying it",
+                          node.name, self.conf.command_timeout)
+                return False
+        if not self.command("scale-in", self.conf.scale_in_command, node):
+            return False
+        self.forget(node.name)
+        return True
+
+    def command(self, what: str, template: str, node: Node) -> bool:
+        """Run one operator command; log its outcome (with its output when it fails)."""
+        argv = expand(template, node)
+        env = command_env(os.environ, node)
+        started = time.monotonic()
+        code, output = run_command(argv, env, self.conf.command_timeout)
+        took = time.monotonic() - started
+        if code == 0:
+            log.info("autoscale: %s %s: ok in %.1f s (%s)", what, node.name, took, shlex.join(argv))
+            return True
+        why = "timed out" if code is None else f"exited {code}"
+        log.error("autoscale: %s %s failed: %s %s after %.1f s; output: %s; next try after the cooldown",
+                  what, node.name, shlex.join(argv), why, took, one_line(output) or "(none)")
+        return False
+
+    def wait_gone(self, name: str) -> bool:
+        """Poll (bounded by command_timeout) until Serf no longer reports `name` alive."""
+        from .serf import SerfClient
+
+        s = self.settings
+        deadline = time.monotonic() + self.conf.command_timeout
+        while time.monotonic() < deadline:
+            try:
+                with SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout) as client:
+                    if not client.members_filtered(name=_anchored(name), status="alive"):
+                        return True
+            except SourceError as exc:
+                log.warning("autoscale: waiting for %s to leave: %s", name, exc)
+            time.sleep(GONE_POLL)
+        return False
+
+    def forget(self, name: str) -> None:
+        """Remove a destroyed node from Serf's member list so its name can be reused at once."""
+        from .serf import SerfClient
+
+        s = self.settings
+        try:
+            with SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout) as client:
+                client.force_leave(name, prune=True)
+        except SourceError as exc:
+            log.warning("autoscale: force-leave %s: %s (Serf reaps it later)", name, exc)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def load_state(self) -> State:
+        try:
+            return State.from_json(json.loads(self.state_path.read_text())["state"])
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("autoscale: ignoring unreadable %s (%s); starting afresh", self.state_path, exc)
+            return State()
+
+    def save(self, state: State, decision: Decision, sample: Sample | None) -> None:
+        """Atomically; `lbsync status` prints this file."""
+        data = {"state": state.to_json(), "updated": time.time(),
+                "decision": {"action": decision.action, "reason": decision.reason,
+                             "size": decision.size, "fleet_load": decision.fleet_load}}
+        if sample is not None:
+            data["loads"] = dict(sample.loads)
+        try:
+            _write_atomic(self.state_path, json.dumps(data, indent=1, sort_keys=True))
+        except OSError as exc:
+            log.error("autoscale: cannot save %s: %s", self.state_path, exc.strerror or exc)
+
+
+def parse_load(raw: bytes | None) -> float | None:
+    """A node's answer, b"0.42", as a float; None for no answer or anything else."""
+    try:
+        load = float((raw or b"").decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return load if math.isfinite(load) and 0 <= load <= MAX_LOAD else None
+
+
+def expand(template: str, node: Node) -> list[str]:
+    """Split like a shell (no shell runs), then fill {index} and {name} (validated names only)."""
+    index = "" if node.index is None else str(node.index)
+    return [word.replace("{index}", index).replace("{name}", node.name) for word in shlex.split(template)]
+
+
+def command_env(environ: dict, node: Node) -> dict:
+    """The autoscaler's environment minus its own LBSYNC_* settings (a command that starts
+    `lbsync agent` must not inherit the LB's), plus AUTOSCALE_NAME and AUTOSCALE_INDEX."""
+    env = {key: value for key, value in environ.items() if not key.startswith("LBSYNC_")}
+    index = "" if node.index is None else str(node.index)
+    return {**env, "AUTOSCALE_NAME": node.name, "AUTOSCALE_INDEX": index}
+
+
+def run_command(argv: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
+    """(exit status or None on timeout, output). The whole process group dies at the timeout."""
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        except OSError as exc:
+            return 127, f"cannot run {argv[0]}: {exc.strerror or exc}"
+        try:
+            code: int | None = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        out.seek(0)
+        return code, out.read(65536).decode(errors="replace")
+
+
+def one_line(output: str, limit: int = 600) -> str:
+    text = " | ".join(line.strip() for line in output.strip().splitlines() if line.strip())
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def describe_sample(sample: Sample, state: State) -> str:
+    fleet = autoscale.fleet_load(sample, state)
+    marks = {node.name: "warming" for node in state.warming} | {n.name: "removing" for n in state.removing}
+    parts = [f"{name}={marks.get(name) or ('no answer' if load is None else f'{load:.2f}')}"
+             for name, load in sorted(sample.loads.items())]
+    parts += [f"{name}=booting" for name in sorted(marks) if name not in sample.loads and marks[name] == "warming"]
+    shown = "none" if fleet is None else f"{fleet:.2f}"
+    return f"fleet load {shown}; nodes {len(sample.loads)}: {' '.join(parts) or '-'}"
+
+
+def describe_decision(decision: Decision, policy: Policy) -> str:
+    what = decision.action
+    if decision.nodes:
+        what += " " + ",".join(node.name for node in decision.nodes)
+    load = "none" if decision.fleet_load is None else f"{decision.fleet_load:.2f}"
+    return (f"{what} | fleet load {load}, size {decision.size} ({policy.min_size}..{policy.max_size}), "
+            f"out > {policy.scale_out_threshold:.2f}, in < {policy.scale_in_threshold:.2f} | "
+            f"{decision.reason}")
+
+
+def _anchored(name: str) -> str:
+    """Serf filters are anchored Go regexps: escape the dots of a node name."""
+    return name.replace(".", r"\.")

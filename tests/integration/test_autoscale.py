@@ -1,0 +1,336 @@
+"""`lbsync autoscale` against real Serf agents, one loopback address per node.
+
+The main test drives the real lab: lab/up.sh (nginx behind `lbsync handle`), lab/boot_web.sh and
+lab/stop_web.sh as the operator commands, `lbsync agent` on each node answering the `load` query
+from a file the test writes (agent.load_file), so decisions never depend on this machine's load.
+
+The other tests need no nginx: their web nodes are a plain `serf agent` on 127.0.3.N beside the
+lab's tiny web server, answering `load` through a Serf query handler (`cat` of a load file: Serf
+sends a query handler's stdout back as the response). Their operator commands are small scripts
+written here: boot, drain (drain tag, wait until no request comes, leave) and destroy (stop both
+by PID); each appends its invocation to ops.log. Whatever the scripts or the lab start is
+recorded in pid files and stopped by PID in a finaliser, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from realparts import (
+    ROOT,
+    WEB_SERVER,
+    Processes,
+    SerfNode,
+    free_port,
+    require,
+    serf_members,
+    start_serf,
+    wait_until,
+)
+from test_lab import Lab, RequestLoop
+
+pytestmark = pytest.mark.integration
+
+LAB_NET = "127.0.78"  # this module's lab network: test_lab.py uses 127.0.77
+
+PREAMBLE = '''\
+import json, os, signal, socket, subprocess, sys, time
+CFG = json.loads({cfg!r})
+RUN = CFG["run"]
+
+def note(*words):
+    with open(CFG["log"], "a") as handle:
+        handle.write(" ".join([f"{{time.time():.3f}}", *map(str, words)]) + "\\n")
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+'''
+
+BOOT = '''
+def free_port(ip):
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind((ip, 0)); port = tcp.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind((ip, port)); return port
+        except OSError:
+            pass
+
+def start(name, role, argv):
+    out = open(f"{RUN}/{name}.{role}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    with open(f"{RUN}/{name}.{role}.pid", "w") as handle:
+        handle.write(str(proc.pid))
+
+def wait_connect(ip, port):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((ip, port), timeout=0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    print(f"{ip}:{port} never answered"); sys.exit(1)
+
+index = int(sys.argv[1]); name = f"web{index}"; ip = f"127.0.3.{index}"
+note("boot", index)
+if os.path.exists(CFG["fail"]):
+    print("cannot boot: quota exceeded"); sys.exit(3)
+port = free_port(ip)
+start(name, "web", [sys.executable, CFG["webserver"], "--name", f"serf-{name}", "--bind", ip,
+                    "--port", str(port), "--access-log", f"{RUN}/{name}.access"])
+wait_connect(ip, port)  # serving before it joins: never routed to a closed port
+bind, rpc = free_port(ip), free_port(ip)
+load = f"cat {CFG['loads']}/{name} 2>/dev/null || cat {CFG['loads']}/all"
+start(name, "serf", [CFG["serf"], "agent", "-node", name, "-bind", f"{ip}:{bind}",
+                     "-rpc-addr", f"{ip}:{rpc}", "-profile", "local", "-tag", "role=web",
+                     "-tag", f"port={port}", "-join", CFG["join"], "-event-handler", f"query:load={load}"])
+with open(f"{RUN}/{name}.rpc", "w") as handle:
+    handle.write(f"{ip}:{rpc}")
+wait_connect(ip, rpc)
+'''
+
+DRAIN = '''
+name = sys.argv[1]
+note("drain", name)
+rpc = open(f"{RUN}/{name}.rpc").read()
+serf = lambda *args: subprocess.run([CFG["serf"], *args, "-rpc-addr", rpc], check=True, timeout=20,
+                                    capture_output=True)
+serf("tags", "-set", "drain=1")
+since, access = time.time(), f"{RUN}/{name}.access"
+deadline = time.monotonic() + 30
+while time.time() - max(since, os.path.getmtime(access) if os.path.exists(access) else 0) < 2.0:
+    if time.monotonic() > deadline:
+        print(f"{name} still gets requests"); sys.exit(1)
+    time.sleep(0.1)
+serf("leave")
+'''
+
+DESTROY = '''
+name = f"web{sys.argv[1]}"
+note("destroy", sys.argv[1])
+for role in ("serf", "web"):
+    pid = int(open(f"{RUN}/{name}.{role}.pid").read())
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+'''
+
+
+class Ops:
+    """The operator scripts, their invocation log and the load files of one test."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir / "ops"
+        self.run, self.loads = self.dir / "run", self.dir / "loads"
+        for path in (self.run, self.loads):
+            path.mkdir(parents=True, exist_ok=True)
+        self.log, self.fail = self.dir / "ops.log", self.dir / "fail"
+
+    def write(self, join: str) -> None:
+        cfg = json.dumps({"run": str(self.run), "log": str(self.log), "fail": str(self.fail),
+                          "loads": str(self.loads), "join": join, "serf": require("serf"),
+                          "webserver": str(WEB_SERVER)})
+        for name, body in (("boot", BOOT), ("drain", DRAIN), ("destroy", DESTROY)):
+            (self.dir / f"{name}.py").write_text(PREAMBLE.format(cfg=cfg) + body)
+
+    def command(self, name: str, arg: str) -> str:
+        return f"{shlex.quote(sys.executable)} {shlex.quote(str(self.dir / name))}.py {arg}"
+
+    def set_load(self, value: str, node: str = "all") -> None:
+        (self.loads / node).write_text(value + "\n")
+
+    def calls(self, action: str | None = None) -> list[tuple[float, str, str]]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        calls = [(float(t), what, arg) for t, what, arg in (line.split() for line in lines)]
+        return [call for call in calls if action in (None, call[1])]
+
+    def stop_all(self) -> None:
+        """Stop every process the scripts started, by PID, if it is still one of ours."""
+        for pid_file in self.run.glob("*.pid"):
+            pid = int(pid_file.read_text())
+            try:
+                if str(self.dir) not in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "):
+                    continue  # gone, and the PID reused by someone else
+                os.kill(pid, signal.SIGTERM)
+                wait_until(lambda pid=pid: _exited(pid), 10, f"pid {pid} to exit")
+            except (OSError, AssertionError):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def ops(tmp_path):
+    ops = Ops(tmp_path)
+    yield ops
+    ops.stop_all()
+
+
+def autoscale_config(ops: Ops, **policy) -> str:
+    values = {"min_size": 1, "max_size": 3, "sustain": 2, "interval": 0.5, "query_timeout": 0.4,
+              "command_timeout": 40, "warmup": 1, "scale_out_command": ops.command("boot", "{index}"),
+              "scale_in_command": ops.command("destroy", "{index}"), **policy}
+    return "[autoscale]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+
+
+def start_autoscaler(procs: Processes, env: dict, *flags: str, name: str = "autoscale"):
+    return procs.start(name, [sys.executable, "-m", "lbsync", *flags, "autoscale"], env)
+
+
+RECORD = """import subprocess, sys, time
+with open(sys.argv[1], "a") as log:
+    log.write(f"{time.time():.3f} {sys.argv[2]} {sys.argv[3]}\\n")
+sys.exit(subprocess.run(sys.argv[4:]).returncode)
+"""
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """The real lab (lab/*.sh, `lbsync agent`, nginx behind `lbsync handle`) on its own network."""
+    require("serf"), require("nginx")
+    lab_dir = tmp_path / "lab"
+    env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": LAB_NET, "PYTHON": sys.executable,
+           "LB_IP": "127.0.0.1", "LB_SERF_PORT": str(free_port()), "LB_RPC_PORT": str(free_port()),
+           "HTTP_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{LAB_NET}.1")),
+           "WEB_SERF_PORT": str(free_port(f"{LAB_NET}.1")), "WEB_RPC_PORT": str(free_port(f"{LAB_NET}.1"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
+    lab = Lab(lab_dir, env)
+    yield lab
+    subprocess.run([str(ROOT / "lab" / "down.sh")], env=env, capture_output=True, timeout=120, check=False)
+    for pid in lab.pids():  # whatever down.sh could not stop
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_lab_scales_out_once_per_cooldown_to_max_then_in_to_min_with_no_failed_request(lab, procs, tmp_path):
+    """`lab` before `procs`: the autoscaler is stopped before the lab goes down."""
+    lab.sh("up.sh")
+    for n in (1, 2, 3):  # each node's `lbsync agent` answers the load query from this file
+        (lab.dir / f"web{n}").mkdir(parents=True, exist_ok=True)
+        (lab.dir / f"web{n}" / "load").write_text("0.9\n")
+    ops = tmp_path / "ops.log"
+    (tmp_path / "record.py").write_text(RECORD)
+    record = f"{sys.executable} {tmp_path / 'record.py'} {ops}"
+    policy = {"min_size": 1, "max_size": 3, "sustain": 2, "interval": 0.5, "query_timeout": 0.4,
+              "cooldown_out": 4, "cooldown_in": 2, "warmup": 1, "name_template": "serf-web{index}",
+              "scale_out_command": f"{record} boot {{index}} {ROOT}/lab/boot_web.sh {{index}}",
+              "scale_in_command": f"{record} stop {{index}} {ROOT}/lab/stop_web.sh {{index}}"}
+    flags = [arg for key, value in policy.items() for arg in ("--set", f"autoscale.{key}={value}")]
+    config = ["-c", str(lab.dir / "lb" / "lbsync.toml")]
+    scaler = procs.start("autoscale", [sys.executable, "-m", "lbsync", *config, *flags, "autoscale"], lab.env)
+
+    # size 0 < min_size boots web1 at once; sustained 0.9 > 0.8 then boots one node per cooldown
+    wait_until(lambda: lab.served() == {"serf-web1", "serf-web2", "serf-web3"}, 90, "three nodes served")
+    wait_until(lambda: scaler.output().count("at max_size 3") >= 3, 30, "holding at max_size")
+    boots = [(t, arg) for t, what, arg in _calls(ops) if what == "boot"]
+    assert [arg for _, arg in boots] == ["1", "2", "3"], scaler.output()[-3000:]
+    assert all(b[0] - a[0] >= policy["cooldown_out"] - 0.5 for a, b in itertools.pairwise(boots)), boots
+    assert scaler.output().count("decision: scale-out") == 3
+
+    loop = RequestLoop(lab)
+    wait_until(lambda: len(loop.results) >= 30, 30, "the request loop to get going")
+    for n in (1, 2, 3):
+        (lab.dir / f"web{n}" / "load").write_text("0.1\n")
+    wait_until(lambda: len([c for c in _calls(ops) if c[1] == "stop"]) == 2
+               and lab.served() == {"serf-web1"}, 90, "scale-in to min_size")
+    wait_until(lambda: scaler.output().count("at min_size 1") >= 2, 30, "holding at min_size")
+    results = loop.stop()
+    assert loop.failures() == [] and len(results) > 50, loop.failures()[:5]
+    assert [(what, arg) for _, what, arg in _calls(ops) if what == "stop"] == [("stop", "3"), ("stop", "2")]
+    members = lab.members()
+    assert members.get("serf-web1") == "alive" and not {"serf-web2", "serf-web3"} & set(members), members
+    status = subprocess.run([sys.executable, "-m", "lbsync", *config, "status"], env=lab.env,
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert '"action": "hold"' in status.stdout and '"warming": []' in status.stdout, status.stdout
+
+
+def _calls(log: Path) -> list[tuple[float, str, str]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(float(t), what, arg) for t, what, arg in (line.split() for line in lines)]
+
+
+def test_drain_command_runs_before_destroy_then_the_name_is_pruned(procs, ops, tmp_path):
+    env, lb = _plain_lb(procs, tmp_path / "lb", autoscale_config(
+        ops, cooldown_in=1, drain_command=ops.command("drain", "{name}")))
+    ops.write(lb.bind_addr)
+    ops.set_load("0.1")
+    for index in ("1", "2"):
+        subprocess.run([sys.executable, str(ops.dir / "boot.py"), index], check=True, timeout=60)
+    scaler = start_autoscaler(procs, env)
+    wait_until(lambda: "at min_size 1" in scaler.output(), 60, "scale-in to min_size")
+    assert [(what, arg) for _, what, arg in ops.calls()] == [
+        ("boot", "1"), ("boot", "2"), ("drain", "web2"), ("destroy", "2")], scaler.output()[-3000:]
+    names = {m["name"]: m["status"] for m in serf_members(lb)}
+    assert names == {"lb": "alive", "web1": "alive"}, names
+
+
+def _plain_lb(procs: Processes, workdir: Path, config: str) -> tuple[dict, SerfNode]:
+    """An LB Serf agent without nginx: enough for the autoscaler's own decisions."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "lbsync.toml").write_text(config)
+    lb = start_serf(procs, "lb", "127.0.0.1")
+    env = {"PYTHONPATH": str(ROOT), "LBSYNC_CONFIG": str(workdir / "lbsync.toml"),
+           "LBSYNC_RPC_ADDR": lb.rpc_addr, "LBSYNC_STATE_DIR": str(workdir / "state"),
+           "LBSYNC_LOCK_FILE": str(workdir / "lbsync.lock"), "LBSYNC_SYSLOG": "false"}
+    return env, lb
+
+
+def test_failing_scale_out_is_retried_only_after_cooldown_by_twins_and_across_restart(procs, ops, tmp_path):
+    """A failing command is logged with its output; no tight loop, no double fire (two autoscalers
+    on one state_dir, then a restart): every attempt is a cooldown after the previous one."""
+    ops.fail.touch()
+    cooldown = 3.0
+    env, lb = _plain_lb(procs, tmp_path / "lb", autoscale_config(ops, cooldown_out=cooldown,
+                                                                  interval=0.3, query_timeout=0.2))
+    ops.write(lb.bind_addr)
+    first = start_autoscaler(procs, env)
+    twin = start_autoscaler(procs, env, name="autoscale-twin")  # same state_dir: lock + re-read state
+    wait_until(lambda: len(ops.calls("boot")) == 2, 30, "a retry after the cooldown")
+    log = first.output() + twin.output()
+    assert "scale-out web1 failed" in log and "exited 3" in log and "cannot boot: quota exceeded" in log
+    assert "size 0 is below min_size 1; scale-out cooling down" in log  # it kept deciding, not retrying
+    assert log.count("Traceback") == 0
+    for scaler in (first, twin):
+        assert scaler.stop(signal.SIGTERM) == 0
+
+    second = start_autoscaler(procs, env, name="autoscale-restarted")  # restart: state says cooling down
+    wait_until(lambda: len(ops.calls("boot")) == 3, 30, "the next retry after a restart")
+    times = [t for t, _, _ in ops.calls("boot")]
+    assert all(b - a >= cooldown - 0.5 for a, b in itertools.pairwise(times)), times
+    assert "cooling down" in second.output()
+    status = subprocess.run([sys.executable, "-m", "lbsync", "status"], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert status.returncode == 0 and '"last_out":' in status.stdout
+
+
+def test_dry_run_decides_and_logs_but_runs_nothing(procs, ops, tmp_path):
+    env, lb = _plain_lb(procs, tmp_path / "lb", autoscale_config(ops, interval=0.3, query_timeout=0.2))
+    ops.write(lb.bind_addr)
+    dry = procs.start("dry-run", [sys.executable, "-m", "lbsync", "autoscale", "--dry-run"], env)
+    wait_until(lambda: "dry run: would scale-out web1; nothing run" in dry.output(), 20, "a dry-run decision")
+    wait_until(lambda: "cooling down" in dry.output(), 20, "the simulated cooldown")
+    assert ops.calls() == [] and not (tmp_path / "lb" / "state" / "autoscale.json").exists()
+    assert "sample: fleet load none; nodes 0" in dry.output()
