@@ -60,8 +60,8 @@ tool requests "$LB_IP" "$HTTP_PORT" 4
 members
 upstream
 
-LBSYNC="lbsync"  # the console script in make demo's venv, else the checkout's module
-command -v lbsync >/dev/null 2>&1 || LBSYNC="PYTHONPATH=$REPO $PYTHON -m lbsync"
+# The console script by its full path (make demo's venv is not on the reader's PATH).
+LBSYNC=$(command -v lbsync 2>/dev/null) || LBSYNC="PYTHONPATH=$REPO $PYTHON -m lbsync"
 next() { printf '   %-58s # %s\n' "$1" "$2"; }
 printf '\n== The lab is still running (state and logs in %s). Try:\n' "$LAB_DIR"
 next "curl -s http://$LB_IP:$HTTP_PORT/" "which node answers"
