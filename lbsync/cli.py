@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.verbose, syslog=False)
         return _run(args.func, None, args)
     try:
-        settings = load(args.config, overrides=_overrides(args))
+        args.overrides = _overrides(args)  # kept for commands that reload settings (run)
+        settings = load(args.config, overrides=args.overrides)
     except LbsyncError as exc:
         _setup_logging(args.verbose, syslog=False)
         log.error("%s", exc)

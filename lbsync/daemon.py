@@ -21,98 +21,26 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import metrics
 from .config import DEFAULT_CONFIG, Settings
 from .errors import LbsyncError, SourceError
 from .health import Checker, targets_for
+from .pacing import Backoff, Debounce, Snapshot, member_key, throttle_left
 from .sync import Outcome, reconcile
 
 log = logging.getLogger("lbsync")
 
-BACKOFF_START = 0.1
-
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
-    from .cli import _overrides
     from .config import load
 
-    overrides = _overrides(args)
+    overrides = args.overrides
     config = args.config or os.environ.get("LBSYNC_CONFIG") or str(DEFAULT_CONFIG)
     daemon = Daemon(settings, lambda: load(args.config, overrides=overrides), config)
     return daemon.run()
-
-
-def member_key(records: list[dict]) -> tuple:
-    """What makes two snapshots render alike: name, status, address, port and tags of each."""
-    return tuple(sorted(
-        (str(r.get("Name")), str(r.get("Status")), str(r.get("Addr")), str(r.get("Port")),
-         tuple(sorted((r.get("Tags") or {}).items())))
-        for r in records))
-
-
-@dataclass
-class Snapshot:
-    """The members already polled, as a MemberSource: reconcile() needs no second RPC."""
-
-    records: list[dict]
-
-    def members(self) -> list[dict]:
-        return list(self.records)
-
-
-@dataclass
-class Debounce:
-    """Trailing-edge debounce with a cap: wait for `quiet` seconds without change, at most `cap`
-    seconds from the first change, so a burst of joins becomes one reload."""
-
-    first: float | None = None
-    last: float | None = None
-    forced: bool = False
-
-    def note(self, now: float) -> None:
-        self.first = now if self.first is None else self.first
-        self.last = now
-
-    def force(self) -> None:
-        """Due at once (connect, resync, edited files): nothing to wait for."""
-        self.forced = True
-
-    def due(self, now: float, quiet: float, cap: float) -> bool:
-        if self.forced:
-            return True
-        if self.first is None:
-            return False
-        return now - self.last >= quiet or now - self.first >= cap
-
-    def clear(self) -> None:
-        self.first = self.last = None
-        self.forced = False
-
-
-@dataclass
-class Backoff:
-    """Capped exponential delay between reconnect attempts."""
-
-    cap: float
-    delay: float = BACKOFF_START
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
-        return min(delay, self.cap)
-
-    def reset(self) -> None:
-        self.delay = BACKOFF_START
-
-
-def throttle_left(now: float, last_reload: float | None, min_interval: float) -> float:
-    """Seconds until another reload is allowed (0 when it is)."""
-    if last_reload is None:
-        return 0.0
-    return max(0.0, last_reload + min_interval - now)
 
 
 class Daemon:
@@ -179,9 +107,14 @@ class Daemon:
         metrics.publish(self.settings, self.view)
 
     def _sleep_time(self) -> float:
+        """Idle: `poll_interval`. With a change pending, poll at the quiet window's pace, so a
+        slow idle poll (cheap with many members) does not also stretch the debounce."""
         if self.client is None:
             return max(0.005, min(self.next_connect - time.monotonic(), 1.0))
-        return self.settings.daemon.poll_interval
+        d = self.settings.daemon
+        if self.debounce.pending:
+            return max(0.005, min(d.poll_interval, d.debounce_min))
+        return d.poll_interval
 
     # -- one tick -----------------------------------------------------------------------------
 
@@ -233,6 +166,7 @@ class Daemon:
             self.outage_since = now
             log.warning("%s; nginx keeps its current backends; retrying with backoff up to %g s",
                         exc, self.settings.daemon.reconnect_max)
+            metrics.publish(self.settings, self.view)  # status shows serf_connected: false
         self.next_connect = now + self.backoff.next()
 
     def _drop_client(self) -> None:
@@ -260,18 +194,25 @@ class Daemon:
     def _reconcile(self, now: float) -> None:
         """Run the pipeline on the snapshot in hand; a failure keeps the live file and the loop."""
         unhealthy = self.seen[1] if self.seen else frozenset()
+        waited = now - self.debounce.first if self.debounce.first is not None else 0.0
         self.debounce.clear()
         self.throttle_logged = False
         self.next_resync = now + self.settings.daemon.resync_interval
         try:
             result = reconcile(self.settings, Snapshot(self.records), unhealthy=unhealthy)
+            log.debug("reconcile took %.0f ms, %.0f ms after the first change it covers",
+                      (time.monotonic() - now) * 1000, waited * 1000)
         except LbsyncError as exc:
             log.error("%s; the live upstream stays as it was", exc)
+            self.view.record_error(exc, time.time())
+        except Exception as exc:  # a bug must not take the LB's follower down; say what it was
+            log.error("reconcile failed unexpectedly (%s: %s); the live upstream stays as it was",
+                      type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self.view.record_error(exc, time.time())
         else:
             self.view.record(result, time.time())
             if result.outcome is Outcome.UPDATED:
-                self.last_reload = time.monotonic()
+                self.last_reload = now
             if self.health is not None:
                 self.health.set_targets(targets_for(result.backends))
         self.view.health = self.health.snapshot() if self.health else {}

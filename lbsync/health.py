@@ -133,7 +133,7 @@ class Checker:
                 started = time.monotonic()
                 try:
                     self.run_round(pool)
-                except Exception as exc:  # never let the checker die silently
+                except Exception as exc:  # noqa: BLE001 -- a dead checker would freeze every verdict
                     log.error("health check round failed: %s", exc)
                 left = self.settings.health_interval - (time.monotonic() - started)
                 self._stop.wait(max(left, 0.01))

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sync import SyncResult, _write_atomic
+from .sync import SyncResult, write_atomic
 
 log = logging.getLogger("lbsync")
 
@@ -122,8 +122,8 @@ def publish(settings, view: View) -> None:
     now = time.time()
     try:
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        _write_atomic(Path(settings.state_dir) / "daemon.json", json.dumps(to_json(view, now), indent=1))
+        write_atomic(Path(settings.state_dir) / "daemon.json", json.dumps(to_json(view, now), indent=1))
         if settings.daemon.metrics_file:
-            _write_atomic(Path(settings.daemon.metrics_file), to_prometheus(view, now))
+            write_atomic(Path(settings.daemon.metrics_file), to_prometheus(view, now))
     except OSError as exc:
         log.warning("cannot write daemon state: %s", exc)

@@ -33,7 +33,7 @@ from .config import Settings
 from .errors import ConfigError, LockError, SourceError
 from .members import Policy as MemberPolicy
 from .members import select
-from .sync import _write_atomic, locked
+from .sync import write_atomic, locked
 
 log = logging.getLogger("lbsync")
 
@@ -217,7 +217,7 @@ class Scaler:
         if sample is not None:
             data["loads"] = dict(sample.loads)
         try:
-            _write_atomic(self.state_path, json.dumps(data, indent=1, sort_keys=True))
+            write_atomic(self.state_path, json.dumps(data, indent=1, sort_keys=True))
         except OSError as exc:
             log.error("autoscale: cannot save %s: %s", self.state_path, exc.strerror or exc)
 

@@ -110,7 +110,10 @@ def _apply(settings: Settings, selection: Selection, dry_run: bool,
                                                   settings.nginx_prefix))
     _reload(settings, output)
     names = ", ".join(m.name for m in selection.backends) or "none"
-    log.info("updated %s (%d backends: %s); nginx reloaded", output, len(selection.backends), names)
+    down = sorted(unhealthy & {m.name for m in selection.backends})
+    health = f"; down by health checks: {', '.join(down)}" if down else ""
+    log.info("updated %s (%d backends: %s%s); nginx reloaded", output, len(selection.backends),
+             names, health)
     return SyncResult(Outcome.UPDATED, diff=diff, **done)
 
 
@@ -137,8 +140,8 @@ def _check_or_keep_rejected(settings: Settings, output: Path, candidate: str) ->
     except NginxError as exc:
         rejected = output.with_name(output.name + ".rejected")
         with contextlib.suppress(OSError):
-            _write_atomic(rejected, candidate)
-            _write_atomic(rejected.with_name(rejected.name + ".err"), exc.output + "\n")
+            write_atomic(rejected, candidate)
+            write_atomic(rejected.with_name(rejected.name + ".err"), exc.output + "\n")
         log.error("%s; live file %s kept, candidate saved as %s", exc, output, rejected)
         raise
 
@@ -153,8 +156,8 @@ def install(output: Path, content: str, verify) -> None:
     had_previous = output.exists()
     try:
         if had_previous:
-            _write_atomic(previous, output.read_bytes())
-        _write_atomic(output, content)
+            write_atomic(previous, output.read_bytes())
+        write_atomic(output, content)
     except OSError as exc:
         raise InstallError(f"cannot write {output}: {exc.strerror or exc}") from None
     try:
@@ -168,7 +171,7 @@ def install(output: Path, content: str, verify) -> None:
         raise
 
 
-def _write_atomic(path: Path, content: str | bytes) -> None:
+def write_atomic(path: Path, content: str | bytes) -> None:
     """Temp file in the same directory, fsync, rename: readers see the old or the new file whole."""
     data = content.encode() if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -222,7 +225,7 @@ def save_state(settings: Settings, result: SyncResult) -> None:
     }
     try:
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        _write_atomic(Path(settings.state_dir) / "last_sync.json", json.dumps(state, indent=1))
+        write_atomic(Path(settings.state_dir) / "last_sync.json", json.dumps(state, indent=1))
     except OSError as exc:
         log.warning("cannot save state in %s: %s", settings.state_dir, exc.strerror or exc)
 

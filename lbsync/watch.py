@@ -32,6 +32,9 @@ class Watcher:
         except ImportError:
             log.warning("watchdog is not installed: template and config hot reload off (SIGHUP works)")
             return
+        # watchdog logs a spurious error when stopped mid-event; with no handler of its own,
+        # Python's last-resort handler would print it to stderr
+        logging.getLogger("watchdog").addHandler(logging.NullHandler())
         watcher = self
 
         class Handler(FileSystemEventHandler):

@@ -6,15 +6,14 @@ as a subprocess (so SIGTERM, reconnects and restarts are real). Web nodes are re
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from realparts import ROOT, Nginx, Proc, Processes, SerfNode, free_port, start_serf, start_web, wait_until
+from realparts import ROOT, Nginx, Proc, Processes, SerfNode, free_port, require, start_serf, start_web
 
 # Fast, test-friendly defaults; single tests override in their own TOML.
 DAEMON_TOML = """\
@@ -36,7 +35,6 @@ class DaemonLab:
     env: dict
     daemon: Proc | None = None
     runs: int = 0
-    extra: list = field(default_factory=list)
 
     def start_daemon(self) -> Proc:
         """`python -m lbsync -v run`; its log is `lbsync-run-<n>.log`."""
@@ -65,15 +63,16 @@ class DaemonLab:
         tags = {"role": "web", "port": str(port), **tags}
         return start_serf(self.procs, f"web{n}", ip, tags, join=self.lb.bind_addr if join else None)
 
-    def served_by(self, tries: int = 6) -> set[str]:
+    def served_by(self, tries: int = 6, timeout: float = 5.0) -> set[str]:
         names = set()
         for _ in range(tries):
-            status, body = self.nginx.get()
+            status, body = self.nginx.get(timeout=timeout)
             names.add(body.strip() if status == 200 else f"HTTP {status}")
         return names
 
     def reloads(self) -> int:
-        return (self.nginx.prefix / "error.log").read_text().count("reconfiguring")
+        """Reloads nginx received (nginx 1.22 logs "reconfiguring" twice per reload)."""
+        return (self.nginx.prefix / "error.log").read_text().count("signal 1 (SIGHUP) received")
 
     def upstream(self) -> str:
         return self.nginx.upstream.read_text()
@@ -85,7 +84,7 @@ class DaemonLab:
             return {}
 
     def settled(self) -> bool:
-        """The daemon has reconciled at least once since it started and nothing is pending."""
+        """The daemon now running has published the result of its first reconcile."""
         return self.state().get("pid") == self.daemon.pid and bool(self.state().get("last_reconcile"))
 
 
@@ -112,4 +111,5 @@ class HungServer:
 
 
 def serf(*args: str) -> None:
-    subprocess.run([os.environ.get("SERF", "serf"), *args], check=True, capture_output=True, timeout=20)
+    """The serf CLI (fails loudly when serf is not installed)."""
+    subprocess.run([require("serf"), *args], check=True, capture_output=True, timeout=20)

@@ -52,7 +52,7 @@ class Lab:
         return names
 
     def reloads(self) -> int:
-        return (self.nginx.prefix / "error.log").read_text().count("reconfiguring")
+        return (self.nginx.prefix / "error.log").read_text().count("signal 1 (SIGHUP) received")
 
     def upstream(self) -> str:
         return self.nginx.upstream.read_text()

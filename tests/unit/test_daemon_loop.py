@@ -1,0 +1,248 @@
+"""The daemon's loop driven tick by tick with a fake Serf client and a recording reconcile():
+debounce, reload budget, reconnect with backoff and one log line per outage, config reload."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+
+import pytest
+
+from lbsync import daemon as daemon_mod
+from lbsync.config import DaemonSettings, Settings
+from lbsync.daemon import Daemon
+from lbsync.errors import ConfigError, SourceError, TemplateError
+from lbsync.pacing import Backoff, Debounce, member_key, throttle_left
+from lbsync.sync import Outcome, SyncResult
+
+
+def record(name: str, status: str = "alive", **tags) -> dict:
+    return {"Name": name, "Addr": ipaddress.ip_address("127.0.0.10"), "Port": 7946, "Status": status,
+            "Tags": {"role": "web", **tags}}
+
+
+class FakeClient:
+    """Stands in for SerfClient: serves `Cluster.records`, or fails while `Cluster.down`."""
+
+    def __init__(self, cluster):
+        if cluster.down:
+            raise SourceError("cannot reach serf agent at fake: is `serf agent` running?")
+        self.cluster = cluster
+        cluster.connects += 1
+
+    def members_filtered(self, tags=None, status="", name=""):
+        if self.cluster.down:
+            raise SourceError("serf agent at fake: members-filtered: connection closed")
+        return list(self.cluster.records)
+
+    def close(self):
+        pass
+
+
+class Cluster:
+    def __init__(self):
+        self.records = [record("web1")]
+        self.down = False
+        self.connects = 0
+        self.reconciles: list[tuple[list[str], frozenset]] = []
+        self.outcome = Outcome.UPDATED
+        self.error: Exception | None = None
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    cluster = Cluster()
+    monkeypatch.setattr("lbsync.serf.SerfClient", lambda *a, **k: FakeClient(cluster))
+
+    def fake_reconcile(settings, source, dry_run=False, unhealthy=frozenset()):
+        cluster.reconciles.append(([r["Name"] for r in source.members()], unhealthy))
+        if cluster.error:
+            raise cluster.error
+        return SyncResult(cluster.outcome, (), ())
+
+    monkeypatch.setattr(daemon_mod, "reconcile", fake_reconcile)
+    return cluster
+
+
+def make(tmp_path, load=None, **daemon) -> Daemon:
+    settings = Settings(state_dir=str(tmp_path), daemon=DaemonSettings(**{
+        "debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}))
+    return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"))
+
+
+def test_debounce_waits_for_quiet_but_not_past_the_cap():
+    d = Debounce()
+    assert not d.due(0.0, 0.1, 1.0)
+    d.note(0.0)
+    d.note(0.08)
+    assert not d.due(0.15, 0.1, 1.0) and d.due(0.19, 0.1, 1.0)
+    for t in range(1, 20):  # a change every 50 ms never goes quiet; the cap still fires
+        d.note(t * 0.05)
+    assert d.due(1.0, 0.1, 1.0)
+    d.clear()
+    d.force()
+    assert d.due(0.0, 0.1, 1.0)
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets():
+    b = Backoff(cap=1.0)
+    assert [b.next() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    b.reset()
+    assert b.next() == 0.1
+
+
+def test_throttle_left():
+    assert throttle_left(5.0, None, 1.0) == 0
+    assert throttle_left(5.0, 4.5, 1.0) == pytest.approx(0.5)
+    assert throttle_left(5.0, 3.0, 1.0) == 0
+
+
+def test_member_key_sees_tags_and_status_but_not_order():
+    a, b = record("web1"), record("web2", weight="2")
+    assert member_key([a, b]) == member_key([b, a])
+    assert member_key([a]) != member_key([record("web1", weight="3")])
+    assert member_key([a]) != member_key([record("web1", status="left")])
+
+
+def test_start_reconciles_at_once_then_a_burst_becomes_one_reconcile(tmp_path, cluster):
+    d = make(tmp_path)
+    d.tick(100.0)
+    assert cluster.reconciles == [(["web1"], frozenset())]  # connect forces a full resync
+    for i, t in enumerate((102.0, 102.02, 102.04, 102.06)):
+        cluster.records = cluster.records + [record(f"web{i + 2}")]
+        d.tick(t)
+    assert len(cluster.reconciles) == 1  # still inside the quiet window
+    d.tick(102.12)
+    assert cluster.reconciles[-1][0] == ["web1", "web2", "web3", "web4", "web5"]
+    assert len(cluster.reconciles) == 2
+    d.tick(102.5)
+    assert len(cluster.reconciles) == 2  # no change, nothing to do
+
+
+def test_reload_budget_delays_and_logs_once(tmp_path, cluster, caplog):
+    d = make(tmp_path, min_reload_interval=1.0)
+    d.tick(100.0)
+    cluster.records = [record("web1"), record("web2")]
+    with caplog.at_level(logging.INFO, logger="lbsync"):
+        for t in (100.1, 100.2, 100.3, 100.5, 100.9):
+            d.tick(t)
+    assert len(cluster.reconciles) == 1
+    assert sum("throttled" in r.message for r in caplog.records) == 1
+    d.tick(101.0)
+    assert len(cluster.reconciles) == 2 and d.view.throttled == 1
+
+
+def test_unchanged_outcome_does_not_spend_the_reload_budget(tmp_path, cluster):
+    cluster.outcome = Outcome.UNCHANGED
+    d = make(tmp_path)
+    d.tick(100.0)
+    cluster.records = [record("web1", weight="5")]
+    d.tick(100.1)
+    d.tick(100.2)
+    assert len(cluster.reconciles) == 2
+
+
+def test_agent_outage_logged_once_retried_with_backoff_then_resynced(tmp_path, cluster, caplog):
+    d = make(tmp_path, reconnect_max=0.4)
+    d.tick(100.0)
+    cluster.down = True
+    with caplog.at_level(logging.INFO, logger="lbsync"):
+        t = 101.0
+        while t < 105.0:
+            d.tick(t)
+            t += 0.05
+        attempts = d.next_connect
+        cluster.down = False
+        cluster.records = [record("web2")]
+        for _ in range(10):
+            d.tick(t)
+            t += 0.05
+    assert attempts <= 105.0 + 0.4  # capped backoff
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "connection closed" in warnings[0].message
+    assert any("reconnected to serf agent" in r.message for r in caplog.records)
+    assert cluster.reconciles[-1][0] == ["web2"] and d.view.reconnects == 1
+
+
+def test_failed_reconcile_keeps_running_and_is_not_retried_in_a_loop(tmp_path, cluster, caplog):
+    d = make(tmp_path)
+    cluster.error = TemplateError("template t.j2:1: unexpected end of template")
+    with caplog.at_level(logging.ERROR, logger="lbsync"):
+        for i in range(20):
+            d.tick(100.0 + i * 0.05)
+    assert len(cluster.reconciles) == 1 and d.view.last_outcome == "error"
+    assert "the live upstream stays as it was" in caplog.records[0].message
+
+
+def test_periodic_resync(tmp_path, cluster):
+    d = make(tmp_path, resync_interval=10.0)
+    d.tick(100.0)
+    d.tick(109.0)
+    d.tick(110.5)
+    assert len(cluster.reconciles) == 2
+
+
+def test_invalid_config_reload_keeps_the_old_settings(tmp_path, cluster, caplog):
+    def broken():
+        raise ConfigError("lbsync.toml: algorithm must be one of round_robin, ...")
+
+    d = make(tmp_path, load=broken)
+    old = d.settings
+    d.config_changed.set()
+    with caplog.at_level(logging.ERROR, logger="lbsync"):
+        d.tick(100.0)
+    assert d.settings is old and "keeping the previous settings" in caplog.text
+
+
+def test_config_reload_applies_and_forces_a_reconcile(tmp_path, cluster):
+    d = make(tmp_path)
+    d.tick(100.0)
+    new = dataclasses.replace(d.settings, algorithm="least_conn")
+    d.load_settings = lambda: new
+    d.config_changed.set()
+    d.tick(101.5)
+    assert d.settings is new and len(cluster.reconciles) == 2
+
+
+def test_health_verdicts_feed_reconcile(tmp_path, cluster):
+    d = make(tmp_path)
+
+    class Health:
+        bad = frozenset()
+
+        def unhealthy(self):
+            return self.bad
+
+        def set_targets(self, targets):
+            pass
+
+        def snapshot(self):
+            return {}
+
+    d.health = Health()
+    d.tick(100.0)
+    d.health.bad = frozenset({"web1"})
+    d.tick(101.5)
+    d.tick(101.6)
+    assert cluster.reconciles[-1] == (["web1"], frozenset({"web1"}))
+
+
+def test_daemon_settings_are_validated():
+    with pytest.raises(ConfigError, match="poll_interval"):
+        DaemonSettings(poll_interval=0)
+    with pytest.raises(ConfigError, match="debounce_min"):
+        DaemonSettings(debounce_min=2, debounce_max=1)
+    with pytest.raises(ConfigError, match="health_path"):
+        DaemonSettings(health_path="healthz")
+
+
+def test_polls_at_the_quiet_window_pace_only_while_a_change_settles(tmp_path, cluster):
+    d = make(tmp_path, poll_interval=0.05, debounce_min=0.02)
+    d.tick(100.0)
+    assert d._sleep_time() == 0.05
+    cluster.records = [record("web1"), record("web2")]
+    d.tick(101.0)
+    assert d._sleep_time() == 0.02
+    d.tick(101.03)
+    assert d._sleep_time() == 0.05 and cluster.reconciles[-1][0] == ["web1", "web2"]

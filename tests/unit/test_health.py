@@ -1,0 +1,81 @@
+"""Health checks: the rise/fall rules as a pure function, a round with a fake probe, and the HTTP
+probe against in-process loopback sockets (one answers, one hangs, one refuses)."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lbsync.config import DaemonSettings
+from lbsync.health import Checker, State, Target, observe, probe
+
+
+def run(results: str, rise: int = 2, fall: int = 2, state: State | None = None) -> State:
+    state = state or State()
+    for ch in results:
+        state = observe(state, ch == "+", "" if ch == "+" else "timeout", rise, fall)
+    return state
+
+
+def test_fall_consecutive_failures_mark_down_and_rise_successes_bring_back():
+    assert run("-").healthy
+    assert not run("--").healthy
+    assert run("-+-+-+").healthy  # failures must be consecutive
+    assert not run("--+").healthy
+    assert run("--++").healthy
+    assert not run("--+-+").healthy  # successes must be consecutive too
+    assert run("---", fall=3, rise=1).healthy is False
+    assert run("---+", fall=3, rise=1).healthy
+
+
+def test_a_round_probes_targets_and_forgets_members_that_left():
+    answers = {"web1": "", "web2": "no answer within 0.5 s"}
+    checker = Checker(DaemonSettings(health_path="/"), lambda t, path, timeout: answers[t.name])
+    checker.set_targets((Target("web1", "127.0.0.11", 80), Target("web2", "127.0.0.12", 80)))
+    with ThreadPoolExecutor(2) as pool:
+        checker.run_round(pool)
+        assert checker.unhealthy() == frozenset()
+        checker.run_round(pool)
+    assert checker.unhealthy() == {"web2"}
+    assert checker.snapshot()["web2"] == {"healthy": False, "oks": 0, "fails": 2,
+                                          "error": "no answer within 0.5 s"}
+    checker.set_targets((Target("web1", "127.0.0.11", 80),))
+    assert checker.unhealthy() == frozenset() and list(checker.snapshot()) == ["web1"]
+
+
+@pytest.fixture
+def web():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/ok" else 500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield Target("web", "127.0.0.1", server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def test_probe_answers(web):
+    assert probe(web, "/ok", 2.0) == ""
+    assert probe(web, "/broken", 2.0) == "HTTP 500"
+
+
+def test_probe_of_a_hung_backend_times_out():
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as hung:  # accepts, never answers
+        target = Target("hung", "127.0.0.1", hung.getsockname()[1])
+        assert probe(target, "/", 0.2) == "no answer within 0.2 s"
+
+
+def test_probe_of_a_closed_port_fails():
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    assert "ConnectionRefused" in probe(Target("gone", "127.0.0.1", port), "/", 1.0)
