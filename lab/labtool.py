@@ -198,11 +198,10 @@ def cmd_wait_served(args) -> None:
 
 # -- configuration ------------------------------------------------------------------------------
 
-def cmd_lb_config(args) -> None:
-    """Secrets (once), nginx's config, lbsync's config and the LB's serf config."""
-    lab, env = Path(args.lab_dir), os.environ
-    key, token = _secrets(lab)
-    prefix = lab / "nginx"
+def write_nginx_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") -> Path:
+    """nginx's whole config under `prefix`: the shipped site, 503 page and main-context snippet
+    around an upstream file (a `down` placeholder until lbsync renders one). Returns that file.
+    The tests' nginx is built by this too, so lab and tests run the same layout."""
     for sub in ("conf.d", "main.d", "tmp", "html"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""  # root's workers would run as nobody
@@ -212,13 +211,22 @@ def cmd_lb_config(args) -> None:
     sys.path.insert(0, str(LAB.parent))
     from lbsync.render import render
 
-    listen = f"{env['LB_IP']}:{env['HTTP_PORT']}"
-    site = render(TEMPLATES / "lbs_site.conf.j2", {"listen": [listen], "upstream_name": "lbs_backend",
+    site = render(TEMPLATES / "lbs_site.conf.j2", {"listen": [listen], "upstream_name": upstream_name,
                                                    "error_root": str(prefix / "html")})
     write(prefix / "conf.d" / "lbs_site.conf", site)
     upstream = prefix / "conf.d" / "lbs_upstream.conf"
     if not upstream.exists():
-        upstream.write_text("upstream lbs_backend { server 127.0.0.1:1 down; }\n")
+        upstream.write_text(f"upstream {upstream_name} {{ server 127.0.0.1:1 down; }}\n")
+    return upstream
+
+
+def cmd_lb_config(args) -> None:
+    """Secrets (once), nginx's config, lbsync's config and the LB's serf config."""
+    lab, env = Path(args.lab_dir), os.environ
+    key, token = _secrets(lab)
+    prefix = lab / "nginx"
+    listen = f"{env['LB_IP']}:{env['HTTP_PORT']}"
+    upstream = write_nginx_prefix(prefix, listen)
     nginx = f"nginx -p {prefix} -c {prefix / 'nginx.conf'} -e stderr"
     write(lab / "lb" / "lbsync.toml", _toml({
         "rpc_addr": f"{env['LB_IP']}:{env['LB_RPC_PORT']}", "rpc_auth": token,

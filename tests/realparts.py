@@ -178,20 +178,8 @@ def serf_members(node: SerfNode) -> list[dict]:
     return json.loads(out)["members"]
 
 
-NGINX_CONF = """\
-{user}
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-worker_processes 1;
-include {prefix}/main.d/*.conf;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
-    include {prefix}/conf.d/*.conf;
-}}
-"""
+sys.path.insert(0, str(ROOT / "lab"))
+from labtool import write_nginx_prefix  # noqa: E402  (lab and tests: one nginx layout)
 
 
 @dataclass
@@ -215,20 +203,7 @@ class Nginx:
         return f"{require('nginx')} -p {self.prefix} -c {self.conf} -e stderr -s reload"
 
     def write_config(self, upstream_name: str = "lbs_backend") -> None:
-        from lbsync.render import render
-
-        for sub in ("conf.d", "main.d", "tmp", "html"):
-            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        user = "user root;" if os.geteuid() == 0 else ""
-        self.conf.write_text(NGINX_CONF.format(prefix=self.prefix, user=user))
-        shutil.copy(TEMPLATES / "lbs_main.conf", self.prefix / "main.d" / "lbs_main.conf")
-        shutil.copy(TEMPLATES / "lbs_503.html", self.prefix / "html" / "lbs_503.html")
-        site = render(TEMPLATES / "lbs_site.conf.j2", {
-            "listen": [f"127.0.0.1:{self.port}"], "upstream_name": upstream_name,
-            "error_root": str(self.prefix / "html")})
-        (self.prefix / "conf.d" / "lbs_site.conf").write_text(site)
-        if not self.upstream.exists():
-            self.upstream.write_text(f"upstream {upstream_name} {{ server 127.0.0.1:1 down; }}\n")
+        write_nginx_prefix(self.prefix, f"127.0.0.1:{self.port}", upstream_name)
 
     def start(self, procs: Processes) -> "Nginx":
         self.write_config()
@@ -278,3 +253,60 @@ def start_web(procs: Processes, name: str, ip: str, port: int) -> Proc:
                                        "--bind", ip, "--port", str(port)])
     wait_until(lambda: _connects(ip, port) or _died(proc), 10, f"web server {name}")
     return proc
+
+
+@dataclass
+class LbLab:
+    """An LB under test: a real nginx, the LB's Serf agent, and web nodes joined to it.
+
+    `env` holds the LBSYNC_* settings that point lbsync at this nginx and agent.
+    """
+
+    procs: Processes
+    workdir: Path
+    nginx: Nginx
+    lb: SerfNode
+    env: dict
+
+    def web(self, n: int, port: int | str | None = None, serve: bool = True, join: bool = True,
+            **tags) -> SerfNode:
+        """Web node n on 127.0.0.(10+n): a tiny web server answering `serf-web<n>` and a Serf agent."""
+        ip = f"127.0.0.{10 + n}"
+        port = port or free_port(ip)
+        if serve:
+            start_web(self.procs, f"serf-web{n}", ip, port)
+        tags = {"role": "web", "port": str(port), **tags}
+        return start_serf(self.procs, f"web{n}", ip, tags, join=self.lb.bind_addr if join else None)
+
+    def lbsync(self, *args: str) -> subprocess.CompletedProcess:
+        """Run `python -m lbsync ARGS` against this LB."""
+        return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True, text=True,
+                              env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)}, timeout=60, cwd=ROOT)
+
+    def served_by(self, tries: int = 6, timeout: float = 5.0) -> set[str]:
+        """Who answered `tries` fresh requests through the LB ("HTTP <status>" for non-200s)."""
+        names = set()
+        for _ in range(tries):
+            status, body = self.nginx.get(timeout=timeout)
+            names.add(body.strip() if status == 200 else f"HTTP {status}")
+        return names
+
+    def reloads(self) -> int:
+        """Reloads nginx received (it logs "reconfiguring" twice per reload; SIGHUP once)."""
+        return (self.nginx.prefix / "error.log").read_text().count("signal 1 (SIGHUP) received")
+
+    def upstream(self) -> str:
+        return self.nginx.upstream.read_text()
+
+
+def make_lb(procs: Processes, workdir: Path, config: str = "", lb_ip: str = "127.0.0.1",
+            join: SerfNode | None = None, handler: str | None = None, lab_class: type = LbLab):
+    """nginx on a free port and the LB's Serf agent (running `handler` on member events, if any)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "lbsync.toml").write_text(config)
+    nginx = Nginx(workdir / "nginx", free_port()).start(procs)
+    rpc_port = free_port(lb_ip)
+    env = {"PYTHONPATH": str(ROOT), **nginx.settings_overrides(workdir, f"{lb_ip}:{rpc_port}")}
+    lb = start_serf(procs, f"lb-{lb_ip}", lb_ip, {"role": "lb"}, join=join.bind_addr if join else None,
+                    handler=handler, env=env, rpc_port=rpc_port)
+    return lab_class(procs, workdir, nginx, lb, env)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from realparts import ROOT, Nginx, Proc, Processes, SerfNode, free_port, require, start_serf, start_web
+from realparts import ROOT, LbLab, Proc, Processes, SerfNode, make_lb, require, start_serf
 
 # Fast, test-friendly defaults; single tests override in their own TOML.
 DAEMON_TOML = """\
@@ -27,12 +27,9 @@ reconnect_max = 0.5
 
 
 @dataclass
-class DaemonLab:
-    procs: Processes
-    workdir: Path
-    nginx: Nginx
-    lb: SerfNode
-    env: dict
+class DaemonLab(LbLab):
+    """An LbLab whose LB runs `lbsync run` as a subprocess instead of a Serf handler."""
+
     daemon: Proc | None = None
     runs: int = 0
 
@@ -55,28 +52,6 @@ class DaemonLab:
         self.lb = start_serf(self.procs, self.lb.name, self.lb.ip, {"role": "lb"}, rpc_port=self.lb.rpc_port,
                              join=join.bind_addr if join else None)
 
-    def web(self, n: int, port: int | None = None, serve: bool = True, join: bool = True, **tags) -> SerfNode:
-        ip = f"127.0.0.{10 + n}"
-        port = port or free_port(ip)
-        if serve:
-            start_web(self.procs, f"serf-web{n}", ip, port)
-        tags = {"role": "web", "port": str(port), **tags}
-        return start_serf(self.procs, f"web{n}", ip, tags, join=self.lb.bind_addr if join else None)
-
-    def served_by(self, tries: int = 6, timeout: float = 5.0) -> set[str]:
-        names = set()
-        for _ in range(tries):
-            status, body = self.nginx.get(timeout=timeout)
-            names.add(body.strip() if status == 200 else f"HTTP {status}")
-        return names
-
-    def reloads(self) -> int:
-        """Reloads nginx received (nginx 1.22 logs "reconfiguring" twice per reload)."""
-        return (self.nginx.prefix / "error.log").read_text().count("signal 1 (SIGHUP) received")
-
-    def upstream(self) -> str:
-        return self.nginx.upstream.read_text()
-
     def state(self) -> dict:
         try:
             return json.loads((self.workdir / "state" / "daemon.json").read_text())
@@ -90,13 +65,8 @@ class DaemonLab:
 
 def make_daemon_lab(procs: Processes, workdir: Path, config: str = "") -> DaemonLab:
     """nginx on a free port and an LB Serf agent on 127.0.0.1; the daemon is started by the test."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "lbsync.toml").write_text(config if "[daemon]" in config else config + DAEMON_TOML)
-    nginx = Nginx(workdir / "nginx", free_port()).start(procs)
-    rpc_port = free_port("127.0.0.1")
-    env = nginx.settings_overrides(workdir, f"127.0.0.1:{rpc_port}")
-    lb = start_serf(procs, "lb", "127.0.0.1", {"role": "lb"}, rpc_port=rpc_port)
-    return DaemonLab(procs, workdir, nginx, lb, env)
+    config = config if "[daemon]" in config else config + DAEMON_TOML
+    return make_lb(procs, workdir, config, lab_class=DaemonLab)
 
 
 class HungServer:

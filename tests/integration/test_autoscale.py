@@ -29,13 +29,12 @@ from realparts import (
     WEB_SERVER,
     Processes,
     SerfNode,
-    free_port,
     require,
     serf_members,
     start_serf,
     wait_until,
 )
-from test_lab import Lab, RequestLoop
+from test_lab import RequestLoop, running_lab
 
 pytestmark = pytest.mark.integration
 
@@ -211,18 +210,8 @@ sys.exit(subprocess.run(sys.argv[4:]).returncode)
 @pytest.fixture
 def lab(tmp_path):
     """The real lab (lab/*.sh, `lbsync agent`, nginx behind `lbsync handle`) on its own network."""
-    require("serf"), require("nginx")
-    lab_dir = tmp_path / "lab"
-    env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": LAB_NET, "PYTHON": sys.executable,
-           "LB_IP": "127.0.0.1", "LB_SERF_PORT": str(free_port()), "LB_RPC_PORT": str(free_port()),
-           "HTTP_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{LAB_NET}.1")),
-           "WEB_SERF_PORT": str(free_port(f"{LAB_NET}.1")), "WEB_RPC_PORT": str(free_port(f"{LAB_NET}.1"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
-    lab = Lab(lab_dir, env)
-    yield lab
-    subprocess.run([str(ROOT / "lab" / "down.sh")], env=env, capture_output=True, timeout=120, check=False)
-    for pid in lab.pids():  # whatever down.sh could not stop
-        os.kill(pid, signal.SIGKILL)
+    with running_lab(tmp_path, LAB_NET) as lab:
+        yield lab
 
 
 def test_lab_scales_out_once_per_cooldown_to_max_then_in_to_min_with_no_failed_request(lab, procs, tmp_path):

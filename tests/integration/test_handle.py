@@ -10,12 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from realparts import ROOT, Nginx, Processes, SerfNode, free_port, start_serf, start_web, wait_until
+from realparts import ROOT, LbLab, Processes, SerfNode, make_lb, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,55 +22,14 @@ PAGE_503 = (ROOT / "lbsync" / "templates" / "lbs_503.html").read_text()
 ROUTE_TIMEOUT = 15  # Serf coalesces member events for ~1 s before it runs a handler
 
 
-@dataclass
-class Lab:
-    procs: Processes
-    workdir: Path
-    nginx: Nginx
-    lb: SerfNode
-    env: dict
-
-    def web(self, n: int, port: int | None = None, serve: bool = True, **tags) -> SerfNode:
-        ip = f"127.0.0.{10 + n}"
-        port = port or free_port(ip)
-        if serve:
-            start_web(self.procs, f"serf-web{n}", ip, port)
-        tags = {"role": "web", "port": str(port), **tags}
-        return start_serf(self.procs, f"web{n}", ip, tags, join=self.lb.bind_addr)
-
-    def sync(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lbsync", *args], env={**os.environ, **self.env},
-                              capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-    def served_by(self, tries: int = 6) -> set[str]:
-        names = set()
-        for _ in range(tries):
-            status, body = self.nginx.get()
-            names.add(body.strip() if status == 200 else f"HTTP {status}")
-        return names
-
-    def reloads(self) -> int:
-        return (self.nginx.prefix / "error.log").read_text().count("signal 1 (SIGHUP) received")
-
-    def upstream(self) -> str:
-        return self.nginx.upstream.read_text()
-
-
 def make_lab(procs: Processes, workdir: Path, config: str = "", lb_ip: str = "127.0.0.1",
-             join: SerfNode | None = None) -> Lab:
+             join: SerfNode | None = None) -> LbLab:
     """nginx on a free port, then an LB Serf agent whose handler is `lbsync handle`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "lbsync.toml").write_text(config)
-    nginx = Nginx(workdir / "nginx", free_port()).start(procs)
-    rpc_port = free_port(lb_ip)
-    env = {"PYTHONPATH": str(ROOT), **nginx.settings_overrides(workdir, f"{lb_ip}:{rpc_port}")}
-    lb = start_serf(procs, f"lb-{lb_ip}", lb_ip, {"role": "lb"}, join=join.bind_addr if join else None,
-                    handler=HANDLER, env=env, rpc_port=rpc_port)
-    return Lab(procs, workdir, nginx, lb, env)
+    return make_lb(procs, workdir, config, lb_ip, join, handler=HANDLER)
 
 
 @pytest.fixture
-def lab(procs, tmp_path) -> Lab:
+def lab(procs, tmp_path) -> LbLab:
     return make_lab(procs, tmp_path / "lb")
 
 
@@ -112,8 +69,8 @@ def test_hostile_members_skipped_others_served(procs, tmp_path):
     lab.web(3, serve=False, port="80\nserver 127.0.0.1:22;")
     lab.web(9, serve=False)  # 127.0.0.19: outside allowed_networks
     wait_until(lambda: lab.served_by() == {"serf-web1"}, ROUTE_TIMEOUT, "web1 served")
-    wait_until(lambda: all(f"web{n}" in lab.sync("status").stdout for n in (2, 3, 9)), 10, "all joined")
-    status = lab.sync("status").stdout
+    wait_until(lambda: all(f"web{n}" in lab.lbsync("status").stdout for n in (2, 3, 9)), 10, "all joined")
+    status = lab.lbsync("status").stdout
     assert "skipped  web2: tag port=" in status and "skipped  web9: address 127.0.0.19 is outside" in status
     upstream = lab.upstream()
     assert "9999" not in upstream and ":22" not in upstream and "web9" not in upstream
@@ -131,7 +88,7 @@ def test_rejected_candidate_leaves_live_file_and_nginx(procs, tmp_path):
     lab.web(2)
     rejected = lab.nginx.upstream.with_name("lbs_upstream.conf.rejected")
     wait_until(rejected.exists, ROUTE_TIMEOUT, "the candidate to be rejected")
-    result = lab.sync("sync")
+    result = lab.lbsync("sync")
     assert result.returncode == os.EX_DATAERR, result.stderr
     assert "nginx rejected the candidate config" in result.stderr and len(result.stderr.splitlines()) <= 3
     assert lab.upstream() == live
@@ -142,9 +99,9 @@ def test_rejected_candidate_leaves_live_file_and_nginx(procs, tmp_path):
 def test_second_run_without_change_neither_writes_nor_reloads(lab):
     lab.web(1)
     wait_until(lambda: lab.served_by() == {"serf-web1"}, ROUTE_TIMEOUT, "web1 served")
-    wait_until(lambda: "unchanged" in lab.sync("sync").stderr, 10, "a settled sync")
+    wait_until(lambda: "unchanged" in lab.lbsync("sync").stderr, 10, "a settled sync")
     before, reloads = lab.nginx.upstream.stat(), lab.reloads()
-    result = lab.sync("sync")
+    result = lab.lbsync("sync")
     assert result.returncode == 0 and "unchanged (1 backends); not reloading" in result.stderr
     after = lab.nginx.upstream.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

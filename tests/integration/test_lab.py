@@ -8,6 +8,7 @@ under LAB_DIR, so nothing outlives the test even when it fails.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,20 +84,30 @@ class Lab:
         return {int(line.split()[0]): line.split()[1] for line in out.splitlines()}
 
 
-@pytest.fixture
-def lab(tmp_path):
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, net: str) -> Iterator[Lab]:
+    """A lab in tmp_path on loopback network `net` with free ports; everything it started is
+    stopped on exit (down.sh, then SIGKILL for any PID still recorded), even when a test fails."""
     require("serf"), require("nginx")
     lab_dir = tmp_path / "lab"
-    env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": NET, "PYTHON": sys.executable,
+    env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": net, "PYTHON": sys.executable,
            "LB_IP": "127.0.0.1", "LB_SERF_PORT": str(free_port()), "LB_RPC_PORT": str(free_port()),
-           "HTTP_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{NET}.1")),
-           "WEB_SERF_PORT": str(free_port(f"{NET}.1")), "WEB_RPC_PORT": str(free_port(f"{NET}.1"))}
+           "HTTP_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{net}.1")),
+           "WEB_SERF_PORT": str(free_port(f"{net}.1")), "WEB_RPC_PORT": str(free_port(f"{net}.1"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
     lab = Lab(lab_dir, env)
-    yield lab
-    subprocess.run([str(ROOT / "lab" / "down.sh")], env=env, capture_output=True, timeout=120, check=False)
-    for pid in lab.pids():  # whatever down.sh could not stop
-        os.kill(pid, signal.SIGKILL)
+    try:
+        yield lab
+    finally:
+        subprocess.run([str(ROOT / "lab" / "down.sh")], env=env, capture_output=True, timeout=120, check=False)
+        for pid in lab.pids():  # whatever down.sh could not stop
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with running_lab(tmp_path, NET) as lab:
+        yield lab
 
 
 @dataclass

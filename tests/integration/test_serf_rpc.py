@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from realparts import SerfNode, free_port, start_serf, wait_until
 
 from lbsync.errors import SourceError
 from lbsync.serf import SerfClient
@@ -26,109 +22,23 @@ LB_IP, WEB_IP = "127.0.0.1", "127.0.0.2"
 WEB_TAGS = {"role": "web", "port": "8080"}
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return value
-
-
-def free_port(ip: str) -> int:
-    """A port free on `ip` for TCP and UDP (serf gossips over both)."""
-    for _ in range(50):
-        with socket.socket() as tcp:
-            tcp.bind((ip, 0))
-            port = tcp.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind((ip, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no free port on {ip}")
-
-
-@dataclass
-class Agent:
-    name: str
-    ip: str
-    bind: str
-    rpc: str
-    proc: subprocess.Popen
-    log: Path
-
-    def client(self, **kwargs) -> SerfClient:
-        return SerfClient(self.rpc, **kwargs)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-@pytest.fixture(scope="session")
-def serf_bin() -> str:
-    path = shutil.which("serf")
-    if path is None:  # fail, never skip: these tests are the proof the RPC client works
-        pytest.fail("`serf` is not installed (apt-get install serf); the Serf RPC tests need it")
-    return path
-
-
 @pytest.fixture
-def start_agent(serf_bin: str, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    """Factory for agents; the finaliser stops each by PID (TERM, wait, KILL) even on failure."""
-    agents: list[Agent] = []
+def start_agent(procs, tmp_path) -> Callable[..., SerfNode]:
+    """Factory for real agents; `procs` stops each by PID even when the test fails."""
 
-    def start(name: str, ip: str, tags: dict[str, str] | None = None, auth: str = "") -> Agent:
-        bind, rpc = f"{ip}:{free_port(ip)}", f"{ip}:{free_port(ip)}"
-        argv = [
-            serf_bin,
-            "agent",
-            "-profile",
-            "local",
-            "-node",
-            name,
-            "-bind",
-            bind,
-            "-rpc-addr",
-            rpc,
-            "-log-level",
-            "debug",
-        ]
-        for key, value in (tags or {}).items():
-            argv += ["-tag", f"{key}={value}"]
+    def start(name: str, ip: str, tags: dict[str, str] | None = None, auth: str = "") -> SerfNode:
+        extra = []
         if auth:  # serf 0.8/0.9 has no -rpc-auth flag: the token comes from a config file
             config = tmp_path / f"{name}-auth.json"
             config.write_text(json.dumps({"rpc_auth": auth}))
-            argv += ["-config-file", str(config)]
-        log = tmp_path / f"serf-{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        agent = Agent(name, ip, bind, rpc, proc, log)
-        agents.append(agent)
-        wait_for(lambda: _rpc_listening(agent), f"serf agent {name} RPC on {rpc}")
-        return agent
+            extra = ["-config-file", str(config)]
+        return start_serf(procs, name, ip, tags, extra=extra)
 
-    yield start
-    for agent in reversed(agents):
-        if agent.alive():
-            agent.proc.terminate()
-            try:
-                agent.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                agent.proc.kill()
-                agent.proc.wait(5)
+    return start
 
 
-def _rpc_listening(agent: Agent) -> bool:
-    if not agent.alive():
-        raise AssertionError(f"serf agent {agent.name} exited:\n{agent.log.read_text()[-2000:]}")
-    host, port = agent.rpc.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+def rpc(agent: SerfNode, **kwargs) -> SerfClient:
+    return SerfClient(agent.rpc_addr, **kwargs)
 
 
 def _by_name(client: SerfClient) -> dict[str, dict]:
@@ -136,30 +46,30 @@ def _by_name(client: SerfClient) -> dict[str, dict]:
 
 
 @pytest.fixture
-def pair(start_agent) -> tuple[Agent, Agent]:
+def pair(start_agent) -> tuple[SerfNode, SerfNode]:
     """An LB agent and a web agent, joined over RPC."""
     lb = start_agent("lb", LB_IP, {"role": "lb"})
     web = start_agent("web1", WEB_IP, WEB_TAGS)
-    with lb.client() as client:
-        assert client.join([web.bind]) == 1
-        wait_for(lambda: len(client.members_filtered(status="alive")) == 2, "both members alive")
+    with rpc(lb) as client:
+        assert client.join([web.bind_addr]) == 1
+        wait_until(lambda: len(client.members_filtered(status="alive")) == 2, 10, "both members alive")
     return lb, web
 
 
 def test_handshake_and_members(start_agent):
     lb = start_agent("lb", LB_IP, {"role": "lb", "port": "80"})
-    with lb.client() as client:
+    with rpc(lb) as client:
         [me] = client.members()
         assert client.stats()["agent"]["name"] == "lb"
     assert me["Name"] == "lb" and me["Status"] == "alive"
     assert me["Addr"] == ipaddress.IPv4Address(LB_IP) and isinstance(me["Addr"], ipaddress.IPv4Address)
     assert me["Tags"] == {"role": "lb", "port": "80"}
-    assert me["Port"] == int(lb.bind.rsplit(":", 1)[1])
+    assert me["Port"] == int(lb.bind_addr.rsplit(":", 1)[1])
 
 
 def test_members_filtered_by_tag_status_and_name(pair):
     lb, _ = pair
-    with lb.client() as client:
+    with rpc(lb) as client:
         [web] = client.members_filtered(tags={"role": "web"})
         assert web["Name"] == "web1" and web["Addr"] == ipaddress.IPv4Address(WEB_IP)
         assert web["Tags"] == WEB_TAGS
@@ -173,20 +83,20 @@ def test_members_filtered_by_tag_status_and_name(pair):
 
 def test_tags_set_and_delete_seen_by_peer(pair):
     lb, web = pair
-    with web.client() as web_client, lb.client() as lb_client:
+    with rpc(web) as web_client, rpc(lb) as lb_client:
         web_client.tags(set={"weight": "5", "drain": "1"}, delete=["port"])
         wanted = {"role": "web", "weight": "5", "drain": "1"}
-        wait_for(lambda: _by_name(lb_client)["web1"]["Tags"] == wanted, "new tags gossiped to lb")
+        wait_until(lambda: _by_name(lb_client)["web1"]["Tags"] == wanted, 10, "new tags gossiped to lb")
         web_client.tags(delete=["drain"])
-        wait_for(lambda: "drain" not in _by_name(lb_client)["web1"]["Tags"], "tag deletion gossiped")
+        wait_until(lambda: "drain" not in _by_name(lb_client)["web1"]["Tags"], 10, "tag deletion gossiped")
 
 
 def test_stream_sees_join_then_stop_keeps_client_usable(start_agent):
     lb = start_agent("lb", LB_IP, {"role": "lb"})
     web = start_agent("web1", WEB_IP, WEB_TAGS)
-    with lb.client() as client:
+    with rpc(lb) as client:
         stream = client.stream()
-        assert client.join([web.bind]) == 1  # join reply and stream records share the connection
+        assert client.join([web.bind_addr]) == 1  # join reply and stream records share the connection
         deadline = time.monotonic() + 10
         while (event := stream.next(max(0.0, deadline - time.monotonic()))) is not None:
             if event["Event"] == "member-join" and any(m["Name"] == "web1" for m in event["Members"]):
@@ -202,7 +112,7 @@ def test_stream_sees_join_then_stop_keeps_client_usable(start_agent):
 
 def test_query_and_respond_round_trip(pair):
     lb, web = pair
-    responder = web.client()
+    responder = rpc(web)
     stream = responder.stream("query:load")  # registered before the query is sent
     seen: list[dict] = []
 
@@ -215,7 +125,7 @@ def test_query_and_respond_round_trip(pair):
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
-        with lb.client() as client:
+        with rpc(lb) as client:
             answers = client.query("load", b"how busy?", timeout=1.0, filter_tags={"role": "web"})
     finally:
         thread.join(10)
@@ -227,12 +137,12 @@ def test_query_and_respond_round_trip(pair):
 
 def test_auth_token(start_agent):
     lb = start_agent("lb", LB_IP, {"role": "lb"}, auth="s3cret")
-    with lb.client() as client, pytest.raises(SourceError, match="auth token is required"):
+    with rpc(lb) as client, pytest.raises(SourceError, match="auth token is required"):
         client.members()
     with pytest.raises(SourceError, match="refused the RPC auth token") as err:
-        lb.client(auth="wrong")
-    assert lb.rpc in str(err.value)
-    with lb.client(auth="s3cret") as client:
+        rpc(lb, auth="wrong")
+    assert lb.rpc_addr in str(err.value)
+    with rpc(lb, auth="s3cret") as client:
         assert [m["Name"] for m in client.members()] == ["lb"]
 
 
@@ -245,10 +155,10 @@ def test_unreachable_agent_says_so():
 
 def test_leave_exits_agent_and_force_leave_prunes(pair):
     lb, web = pair
-    with web.client() as client:
+    with rpc(web) as client:
         client.leave()
-    wait_for(lambda: not web.alive(), "the web agent to exit after leave")
-    with lb.client() as client:
-        wait_for(lambda: _by_name(client)["web1"]["Status"] == "left", "lb to see web1 left")
+    wait_until(lambda: not web.proc.alive(), 10, "the web agent to exit after leave")
+    with rpc(lb) as client:
+        wait_until(lambda: _by_name(client)["web1"]["Status"] == "left", 10, "lb to see web1 left")
         client.force_leave("web1", prune=True)  # frees the name for a replacement node
-        wait_for(lambda: "web1" not in _by_name(client), "web1 pruned from lb's members")
+        wait_until(lambda: "web1" not in _by_name(client), 10, "web1 pruned from lb's members")
