@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import logging.handlers
 import os
 import sys
 from typing import Callable, Sequence
@@ -203,8 +202,10 @@ def _setup_logging(verbose: bool, syslog: bool) -> None:
     stderr.setFormatter(logging.Formatter("lbsync: %(levelname)s: %(message)s"))
     root.handlers[:] = [stderr]
     if syslog and os.path.exists("/dev/log"):
+        from logging.handlers import SysLogHandler  # only where syslog is: it imports socket
+
         try:
-            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler = SysLogHandler(address="/dev/log")
             handler.setFormatter(logging.Formatter("lbsync[%(process)d]: %(message)s"))
             root.addHandler(handler)
         except OSError:

@@ -9,7 +9,6 @@ and a manual run never interleave.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import enum
 import errno
 import fcntl
@@ -17,13 +16,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from . import __version__, nginx
+from . import __version__
 from .config import Settings
 from .errors import InstallError, LockError, NginxError
 from .members import Member, Policy, Selection, Skip, select
@@ -105,6 +103,8 @@ def _apply(settings: Settings, selection: Selection, dry_run: bool,
     if dry_run:
         log.info("dry run: would install %d backends; nothing written", len(selection.backends))
         return SyncResult(Outcome.DRY_RUN, diff=diff, **done)
+    from . import nginx  # not on the unchanged path: it pulls in subprocess
+
     _check_or_keep_rejected(settings, output, candidate)
     install(output, candidate, lambda: nginx.test(settings.nginx_bin, settings.nginx_conf,
                                                   settings.nginx_prefix))
@@ -123,6 +123,8 @@ def _reload(settings: Settings, output: Path) -> None:
     Without the marker a failed reload would be forgotten: the next run finds the file already
     current and, correctly for the file, does nothing, while nginx keeps serving the old pool.
     """
+    from . import nginx
+
     marker = _reload_pending(output)
     marker.touch()
     nginx.reload(settings.reload_command)
@@ -135,6 +137,8 @@ def _reload_pending(output: Path) -> Path:
 
 def _check_or_keep_rejected(settings: Settings, output: Path, candidate: str) -> None:
     """nginx -t on the candidate alone; when refused, keep it and nginx's words for the operator."""
+    from . import nginx
+
     try:
         nginx.check(candidate, settings.nginx_bin)
     except NginxError as exc:
@@ -171,21 +175,29 @@ def install(output: Path, content: str, verify) -> None:
         raise
 
 
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Temp file in the same directory, fsync, rename: readers see the old or the new file whole."""
+def write_atomic(path: Path, content: str | bytes, durable: bool = True) -> None:
+    """Temp file in the same directory, fsync, rename: readers see the old or the new file whole.
+
+    `durable=False` skips the fsyncs, for advisory files (state) written on every run.
+    """
+    import tempfile
+
     data = content.encode() if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -225,7 +237,7 @@ def save_state(settings: Settings, result: SyncResult) -> None:
     }
     try:
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(settings.state_dir) / "last_sync.json", json.dumps(state, indent=1))
+        write_atomic(Path(settings.state_dir) / "last_sync.json", json.dumps(state, indent=1), durable=False)
     except OSError as exc:
         log.warning("cannot save state in %s: %s", settings.state_dir, exc.strerror or exc)
 
@@ -238,6 +250,8 @@ def load_state(settings: Settings) -> dict | None:
 
 
 def unified_diff(old: str, new: str, name: str) -> str:
+    import difflib
+
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
                                         f"{name} (live)", f"{name} (candidate)"))
 
