@@ -14,7 +14,7 @@ delays the next membership event. Measured here:
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import os
 import subprocess
 import sys
@@ -26,8 +26,10 @@ from common import ROOT, emit, summary, timed
 from realparts import Nginx, Processes, free_port, start_serf, wait_until
 
 PROFILES = {  # repeats of (unchanged, changed) runs per size
-    "quick": {"unchanged": 15, "changed": 7, "start": 15, "agents": (1, 10, 100), "memory": (1000, 10000)},
-    "full": {"unchanged": 40, "changed": 15, "start": 40, "agents": (1, 10, 100), "memory": (1000, 10000)},
+    "quick": {"unchanged": 15, "changed": 7, "start": 15, "agents": (1, 10, 100), "memory": (1000, 10000),
+              "idle": 10.0},
+    "full": {"unchanged": 40, "changed": 15, "start": 40, "agents": (1, 10, 100), "memory": (1000, 10000),
+             "idle": 30.0},
 }
 HANDLE = [sys.executable, "-m", "lbsync", "handle"]
 FAKE_HANDLE = [sys.executable, str(Path(__file__).resolve().parent / "fake_handle.py")]
@@ -36,9 +38,16 @@ PLACEHOLDER = "upstream lbs_backend { server 127.0.0.1:1 down; }  # forces the c
 
 
 def fake_members(count: int) -> list[dict]:
-    """`count` alive web members on distinct loopback addresses, as the RPC client returns them."""
-    return [{"Name": f"web{i:05d}", "Addr": f"127.1.{i // 250}.{i % 250 + 1}", "Port": 7946,
-             "Status": "alive", "Tags": {"role": "web", "port": "8080"}} for i in range(count)]
+    """`count` alive web members on distinct loopback addresses, as Serf sends them (raw Addr)."""
+    return [{"Name": f"web{i:05d}", "Addr": ipaddress.IPv4Address(f"127.1.{i // 250}.{i % 250 + 1}").packed,
+             "Port": 7946, "Status": "alive", "Tags": {"role": "web", "port": "8080"}} for i in range(count)]
+
+
+def decoded(records: list[dict]) -> list[dict]:
+    """What SerfClient.members_filtered returns for `records`: Addr as an address object."""
+    from lbsync.serf import decode_addr
+
+    return [{**record, "Addr": decode_addr(record["Addr"])} for record in records]
 
 
 def run_hook(argv: list[str], env: dict, expect: str) -> float:
@@ -69,7 +78,7 @@ def jinja_imported(argv: list[str], env: dict, nginx: Nginx) -> dict:
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
         if expect not in done.stderr:
             raise RuntimeError(f"importtime run did not take the {expect!r} path: {done.stderr[-300:]}")
-        return any(line.rstrip().endswith("| jinja2") for line in done.stderr.splitlines())
+        return "jinja2" in parse_importtime(done.stderr)
 
     run_hook(argv, env, "")
     unchanged = imports("unchanged")
@@ -83,13 +92,36 @@ def start_cost(env: dict, repeats: int) -> dict:
     user_env = {**env, "SERF_EVENT": "user"}
     hook = [timed(subprocess.run, HANDLE, env=user_env, check=True, cwd=ROOT,
                   stdin=subprocess.DEVNULL, capture_output=True)[0] for _ in range(repeats)]
-    return {"python_bare_ms": summary(bare), "handle_non_member_event_ms": summary(hook)}
+    return {"python_bare_ms": summary(bare), "handle_non_member_event_ms": summary(hook),
+            "slowest_imports_ms": slowest_imports(user_env)}
+
+
+def slowest_imports(env: dict, top: int = 8) -> dict[str, float]:
+    """Modules with the largest self import time on the hook's start path, from -X importtime."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *HANDLE[1:]], env=env, cwd=ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    return dict(sorted(parse_importtime(done.stderr).items(), key=lambda kv: -kv[1])[:top])
+
+
+def parse_importtime(text: str) -> dict[str, float]:
+    """`-X importtime` stderr -> {module: self milliseconds}."""
+    out = {}
+    for line in text.splitlines():
+        head, _, name = line.rpartition("|")
+        fields = head.replace("import time:", "").split("|")
+        if line.startswith("import time:") and fields[0].strip().isdigit():
+            out[name.strip()] = round(int(fields[0]) / 1000, 2)
+    return out
 
 
 def lb_env(nginx: Nginx, workdir: Path, rpc_addr: str) -> dict:
+    """The hook's environment. Bytecode is cached (under workdir, not in the repository), as on
+    an installed host: without it every run would recompile lbsync's sources."""
     (workdir / "lbsync.toml").write_text("")
-    return {**os.environ, "PYTHONPATH": str(ROOT), "SERF_EVENT": "member-join",
-            **nginx.settings_overrides(workdir, rpc_addr)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SERF_EVENT": "member-join",
+           "PYTHONPYCACHEPREFIX": str(workdir / "pycache"), **nginx.settings_overrides(workdir, rpc_addr)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def real_agents(procs: Processes, workdir: Path, nginx: Nginx, repeats: dict) -> dict:
@@ -107,11 +139,31 @@ def real_agents(procs: Processes, workdir: Path, nginx: Nginx, repeats: dict) ->
         print(f"   handle, {size} real members: {_brief(out[str(size)])}", flush=True)
     out["jinja"] = jinja_imported(HANDLE, env, nginx)
     out["start"] = start_cost(env, repeats["start"])
+    out["idle_daemon"] = idle_daemon(procs, env, lb, repeats["idle"])
     return out
+
+
+def idle_daemon(procs: Processes, env: dict, lb, window: float) -> dict:
+    """CPU and RSS of `lbsync run` (shipped defaults) following the settled cluster, and of the
+    LB's Serf agent over the same window: what the daemon costs when nothing happens."""
+    import psutil
+
+    daemon = procs.start("lbsync-run-idle", [sys.executable, "-m", "lbsync", "run"], env)
+    wait_until(lambda: "unchanged" in daemon.output() or "updated" in daemon.output() or not daemon.alive(),
+               30, "lbsync run to reconcile once")
+    watched = {"lbsync_run": psutil.Process(daemon.pid), "lb_serf_agent": psutil.Process(lb.proc.pid)}
+    before = {name: sum(p.cpu_times()[:2]) for name, p in watched.items()}
+    time.sleep(window)  # the measurement window itself
+    out = {name: {"cpu_pct_of_one_core": round(100 * (sum(p.cpu_times()[:2]) - before[name]) / window, 2),
+                  "rss_mb": round(p.memory_info().rss / 2**20, 1)} for name, p in watched.items()}
+    daemon.stop()
+    return {"window_s": window, "members": _alive_web(lb.rpc_addr), **out}
 
 
 def in_memory(workdir: Path, nginx: Nginx, repeats: dict) -> dict:
     """The hook (fresh interpreter, members from a file) and in-process reconcile() at big sizes."""
+    import msgpack
+
     from lbsync.config import load
     from lbsync.sync import reconcile
 
@@ -120,10 +172,10 @@ def in_memory(workdir: Path, nginx: Nginx, repeats: dict) -> dict:
     out = {}
     for size in repeats["memory"]:
         records = fake_members(size)
-        members_file = workdir / f"members-{size}.json"
-        members_file.write_text(json.dumps(records))
+        members_file = workdir / f"members-{size}.msgpack"
+        members_file.write_bytes(msgpack.packb({"Members": records}))
         hook = measure_paths(FAKE_HANDLE, {**env, "BENCH_FAKE_MEMBERS": str(members_file)}, nginx, repeats)
-        source = _ListSource(records)
+        source = _ListSource(decoded(records))
         unchanged = [timed(reconcile, settings, source)[0] for _ in range(repeats["unchanged"])]
         changed = []
         for _ in range(repeats["changed"]):
@@ -168,9 +220,11 @@ def main(profile: str, workdir: Path) -> dict:
     finally:
         procs.stop_all()
     agents, memory = result["real_agents"], result["in_memory"]
-    line = (f"handle p50 unchanged/changed ms: 100 real {agents['100']['unchanged_ms']['p50']}/"
-            f"{agents['100']['changed_ms']['p50']}, 10k file {memory['10000']['unchanged_ms']['p50']}/"
-            f"{memory['10000']['changed_ms']['p50']}; start {agents['start']['handle_non_member_event_ms']['p50']}; "
+    real, big = str(repeats["agents"][-1]), str(repeats["memory"][-1])
+    line = (f"handle p50 ms unchanged/changed: {real} real members {agents[real]['unchanged_ms']['p50']}/"
+            f"{agents[real]['changed_ms']['p50']}, {big} from a file {memory[big]['unchanged_ms']['p50']}/"
+            f"{memory[big]['changed_ms']['p50']}; interpreter+CLI start "
+            f"{agents['start']['handle_non_member_event_ms']['p50']}; "
             f"jinja2 on unchanged path: {agents['jinja']['jinja2_on_unchanged_path']}")
     return emit("handle_cost", result, line)
 

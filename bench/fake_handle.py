@@ -1,14 +1,14 @@
-"""`lbsync handle`, but with members read from a JSON file instead of a Serf agent.
+"""`lbsync handle`, but with members read from a file instead of a Serf agent.
 
 Used by bench_handle.py to time the hook as Serf runs it (a fresh interpreter per event) at
 1,000 and 10,000 members, which no single machine can host as real agents. Everything after
-the snapshot (select, fingerprint, render, nginx -t, install, reload) is the real code path.
-Usage: BENCH_FAKE_MEMBERS=members.json SERF_EVENT=member-join python bench/fake_handle.py
+the snapshot (select, fingerprint, render, nginx -t, install, reload) is the real code path,
+and the snapshot itself is decoded as the RPC client decodes it (msgpack, raw Addr bytes).
+Usage: BENCH_FAKE_MEMBERS=members.msgpack SERF_EVENT=member-join python bench/fake_handle.py
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,14 +20,19 @@ from lbsync.cli import main  # noqa: E402
 
 
 class FileSource:
-    """Member records as the RPC client returns them (Addr as text, which members.py accepts)."""
+    """A members reply saved as Serf's msgpack body, decoded like SerfClient.members_filtered."""
 
     def __init__(self, settings=None):
         self.path = os.environ["BENCH_FAKE_MEMBERS"]
 
     def members(self) -> list[dict]:
-        with open(self.path) as handle:
-            return json.load(handle)
+        import msgpack
+
+        from lbsync.serf import decode_addr
+
+        with open(self.path, "rb") as handle:
+            body = msgpack.unpackb(handle.read())
+        return [{**member, "Addr": decode_addr(member["Addr"])} for member in body["Members"]]
 
 
 if __name__ == "__main__":

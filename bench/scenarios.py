@@ -1,0 +1,241 @@
+"""The side-by-side scenarios (issue 7), run once per mode against a fresh BenchLab.
+
+Each scenario is bounded by deadlines, measures from the moment the harness acts (a `join` RPC
+on the new node, SIGINT to a leaving node's agent) to what a client sees through nginx, and
+returns plain data. The lab's processes are all stopped by PID in `run_mode`'s finally.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchlab import BenchLab, WebNode, make_lab, nodes_for, now
+from common import emit, summary
+
+from realparts import Processes, http_get, wait_until
+
+PROFILES = {
+    "quick": {"trials": 15, "burst": 50, "keep": 3, "agents": 2, "faults": True, "churn": 0},
+    "full": {"trials": 30, "burst": 50, "keep": 3, "agents": 5, "faults": True, "churn": 60.0},
+}
+ROUTE_DEADLINE = 15.0  # Serf's hook path alone coalesces for 1-3 s
+CONVERGE_DEADLINE = 20.0
+EMPTY_DEADLINE = 10.0
+THINK = 1.1  # quiet time before each timed change: longer than the daemon's 1 s reload budget
+
+
+def failed(answer: str) -> bool:
+    """A client-visible failure: no 200 (a 503 while some node is in the pool counts too)."""
+    return answer.startswith(("HTTP", "error"))
+
+
+def wait_answer(lab: BenchLab, start: float, done, deadline: float,
+                streak: int = 1) -> tuple[float | None, int]:
+    """Poll fresh requests until `done(answer)` holds `streak` times in a row.
+
+    Returns (seconds from `start` to the first answer of that streak, or None at the deadline;
+    failed requests seen meanwhile).
+    """
+    errors, run, first = 0, 0, 0.0
+    while now() - start < deadline:
+        answer = lab.served()
+        errors += failed(answer)
+        if done(answer):
+            first = first if run else now()
+            run += 1
+            if run >= streak:
+                return first - start, errors
+        else:
+            run = 0
+        time.sleep(0.002)
+    return None, errors
+
+
+def join_leave(lab: BenchLab, nodes: list[WebNode]) -> dict:
+    """Per trial: a fresh agent joins (timed to its first routed request), then leaves gracefully."""
+    joins, leaves, errors, timeouts = [], [], 0, 0
+    before = Counter(lab.failures)
+    for node in nodes:
+        lab.start_agent(node)
+        time.sleep(THINK)  # workload spacing (see THINK), not a wait for correctness
+        start = now()
+        lab.join(node)
+        took, errs = wait_answer(lab, start, lambda answer: answer == node.name, ROUTE_DEADLINE)
+        joins += [took] if took is not None else []
+        errors, timeouts = errors + errs, timeouts + (took is None)
+        time.sleep(THINK)  # workload spacing, not a wait for correctness
+        start = now()
+        lab.leave(node)
+        # with two backends in round robin, 4 answers in a row from the other mean it is gone
+        took, errs = wait_answer(lab, start, lambda a: a != node.name and not failed(a), ROUTE_DEADLINE, 4)
+        leaves += [took] if took is not None else []
+        errors, timeouts = errors + errs, timeouts + (took is None)
+    return {"trials": len(nodes), "join_ms": summary(joins), "leave_ms": summary(leaves),
+            "client_errors": errors, "error_kinds": lab.failures_since(before), "timeouts": timeouts}
+
+
+def burst(lab: BenchLab, nodes: list[WebNode], present: list[WebNode]) -> dict:
+    """`nodes` join back to back; time until every one has answered through nginx, and reloads."""
+    for node in nodes:
+        lab.start_agent(node)
+    reloads = lab.reloads()
+    start = now()
+    with ThreadPoolExecutor(len(nodes)) as pool:  # all at once, as when a fleet boots together
+        retries = sum(pool.map(lab.join, nodes))
+    joined = now() - start
+    pending, errors, last = {n.name for n in nodes}, 0, None
+    while pending and now() - start < CONVERGE_DEADLINE:
+        answer = lab.served()
+        errors += failed(answer)
+        if answer in pending:
+            pending.discard(answer)
+            last = now() - start
+    settle(lab)
+    expected = sorted(n.endpoint for n in nodes + present)
+    return {"nodes": len(nodes), "joins_sent_ms": round(joined * 1000, 1), "join_retries": retries,
+            "all_routable_ms": round(last * 1000, 1) if not pending else None,
+            "never_routed": sorted(pending), "reloads": lab.reloads() - reloads, "client_errors": errors,
+            **exactness(lab, expected), "served_exact": served_exactly(lab, nodes + present)}
+
+
+def mass_leave(lab: BenchLab, leaving: list[WebNode], keeping: list[WebNode]) -> dict:
+    """All but `keeping` leave at once; time until the file and the answers are exactly `keeping`."""
+    expected = sorted(n.endpoint for n in keeping)
+    reloads = lab.reloads()
+    start = now()
+    for node in leaving:
+        lab.leave(node)
+    took = None
+    while now() - start < CONVERGE_DEADLINE:
+        if lab.config_servers() == expected and served_exactly(lab, keeping):
+            took = now() - start
+            break
+        time.sleep(0.05)
+    settle(lab)
+    _wait_exited(leaving)
+    return {"left": len(leaving), "kept": len(keeping),
+            "converged_ms": round(took * 1000, 1) if took is not None else None,
+            "reloads": lab.reloads() - reloads, **exactness(lab, expected)}
+
+
+def empty_pool(lab: BenchLab, last: list[WebNode]) -> dict:
+    """The last nodes leave: nginx must stay valid and answer with the 503 page."""
+    reloads = lab.reloads()
+    start = now()
+    for node in last:
+        lab.leave(node)
+    took, _ = wait_answer(lab, start, lambda answer: answer == "HTTP 503", EMPTY_DEADLINE)
+    settle(lab)
+    status, body = http_get("127.0.0.1", lab.nginx.port)
+    answers = Counter(lab.served() for _ in range(6))
+    return {"page_503_ms": round(took * 1000, 1) if took is not None else None,
+            "page_says_no_server": status == 503 and "No web server" in body,
+            "answers_after": dict(answers), "config_valid": lab.config_valid(),
+            "routed_to_departed": sum(n for answer, n in answers.items() if not failed(answer)),
+            "config_servers": lab.config_servers(), "reloads": lab.reloads() - reloads}
+
+
+def exactness(lab: BenchLab, expected: list[str]) -> dict:
+    """How the upstream file differs from `expected`: stale, missing, duplicated servers."""
+    servers = lab.config_servers()
+    return {"upstream_exact": servers == expected, "stale": sorted(set(servers) - set(expected)),
+            "missing": sorted(set(expected) - set(servers)), "duplicates": len(servers) - len(set(servers))}
+
+
+def served_exactly(lab: BenchLab, nodes: list[WebNode]) -> bool:
+    """Every node answers, and nothing else does, over three rounds of round robin."""
+    answers = {lab.served() for _ in range(3 * len(nodes))}
+    return answers == {n.name for n in nodes}
+
+
+def settle(lab: BenchLab, quiet: float = 2.5, deadline: float = 15.0) -> None:
+    """Wait (bounded) until nginx has not been reloaded for `quiet` s: late handler runs count."""
+    count, since, start = lab.reloads(), now(), now()
+    while now() - since < quiet and now() - start < deadline:
+        time.sleep(0.1)
+        if lab.reloads() != count:
+            count, since = lab.reloads(), now()
+
+
+def _wait_exited(nodes: list[WebNode], timeout: float = 15.0) -> None:
+    wait_until(lambda: not any(n.serf.proc.alive() for n in nodes), timeout, "leaving agents to exit",
+               interval=0.1)
+
+
+def run_mode(mode: str, profile: str, workdir: Path) -> dict:
+    """Every scenario against one fresh lab in `mode`; a failing scenario is recorded, not fatal."""
+    shape = PROFILES[profile]
+    base = nodes_for("web", "127.0.2", 1)
+    trials = nodes_for("t", "127.0.5", shape["trials"])
+    bursting = nodes_for("b", "127.0.4", shape["burst"])
+    agents = nodes_for("a", "127.0.6", shape["agents"])  # served by their own lab/webserver.py
+    faulty = nodes_for("f", "127.0.7", 2)  # likewise
+    churning = nodes_for("c", "127.0.3", 4)
+    procs = Processes(workdir)
+    out: dict = {"mode": mode}
+    try:
+        lab = make_lab(mode, procs, workdir, base + trials + bursting + churning)
+        lab.start_agent(base[0], join=True)
+        wait_until(lambda: lab.served() == base[0].name, 30, "the first web node routed")
+        keep = bursting[:shape["keep"]]
+        from scenario_agent import agent_trials  # these build on this module
+        from scenario_churn import churn
+        from scenario_faults import fault_trials
+
+        steps = (("join_leave", lambda: join_leave(lab, trials)),
+                 ("agent", lambda: agent_trials(lab, agents)),
+                 ("faults", lambda: fault_trials(lab, faulty)),
+                 ("churn", lambda: churn(lab, churning, shape["churn"])),
+                 ("burst", lambda: burst(lab, bursting, base)),
+                 ("mass_leave", lambda: mass_leave(lab, base + bursting[len(keep):], keep)),
+                 ("empty_pool", lambda: empty_pool(lab, keep)))
+        for name, step in steps:
+            if (name == "faults" and not shape["faults"]) or (name == "churn" and not shape["churn"]):
+                continue
+            out[name] = _guarded(step)
+            print(f"   {mode} {name}: {brief(name, out[name])}", flush=True)
+    except Exception as exc:  # the lab itself did not come up: say so in the results
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        procs.stop_all()
+    return emit(f"scenarios[{mode}]", out, "; ".join(f"{k}: {brief(k, v)}" for k, v in out.items()
+                                                     if isinstance(v, dict)))
+
+
+def _guarded(step) -> dict:
+    try:
+        return step()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=3)}
+
+
+def brief(name: str, result: dict) -> str:
+    """One short phrase per scenario for the console."""
+    if "error" in result:
+        return f"FAILED ({result['error']})"
+    if name == "join_leave":
+        return (f"join p50 {result['join_ms']['p50']} ms, leave p50 {result['leave_ms']['p50']} ms, "
+                f"{result['client_errors']} errors, {result['timeouts']} timeouts")
+    if name == "burst":
+        return (f"all routable {result['all_routable_ms']} ms, {result['reloads']} reloads, "
+                f"exact {result['upstream_exact']}")
+    if name == "mass_leave":
+        return (f"converged {result['converged_ms']} ms, exact {result['upstream_exact']}, "
+                f"stale {len(result['stale'])}")
+    if name == "agent":
+        return (f"boot median {result['boot_ms_median']} ms, last request to a stopping node after "
+                f"{result['out_of_rotation_ms_max']} ms, {result['failed_during_stop']} failed")
+    if name == "faults" and "closing" in result:
+        return "; ".join(f"{k}: out after {v['removed_ms']} ms, {v['failed']}/{v['requests']} failed"
+                         for k, v in result.items())
+    if name == "churn":
+        return (f"{result['membership_events']} events, {result['reloads']} reloads, failed "
+                f"{result['fresh']['failed']}/{result['fresh']['requests']} fresh, "
+                f"{result['keepalive']['failed']}/{result['keepalive']['requests']} keep-alive")
+    if name == "empty_pool":
+        return f"503 page {result['page_503_ms']} ms, config valid {result['config_valid']}"
+    return ""
