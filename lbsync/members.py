@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable
 
 from .config import split_hostport
@@ -39,9 +40,9 @@ class Member:
     fail_timeout: int | None = None
     max_conns: int | None = None
 
-    @property
+    @cached_property
     def endpoint(self) -> str:
-        """host:port as nginx wants it: IPv6 in brackets."""
+        """host:port as nginx wants it: IPv6 in brackets (cached: it is a key in several places)."""
         host = f"[{self.addr}]" if self.addr.version == 6 else str(self.addr)
         return f"{host}:{self.port}"
 
@@ -107,6 +108,7 @@ def parse(raw: dict) -> Member:
 
 def select(records: Iterable[dict], policy: Policy) -> Selection:
     """Keep alive members with our role that pass every check, sorted by name."""
+    checks = _Checks(policy)
     backends: dict[str, Member] = {}
     skipped: list[Skip] = []
     by_status: dict[str, list[str]] = {}
@@ -120,7 +122,7 @@ def select(records: Iterable[dict], policy: Policy) -> Selection:
             continue
         try:
             member = parse(raw)
-            _check_policy(member, policy)
+            checks.apply(member)
         except ValueError as exc:
             skipped.append(Skip(name, str(exc)))
             continue
@@ -133,19 +135,27 @@ def select(records: Iterable[dict], policy: Policy) -> Selection:
     )
 
 
-def _check_policy(member: Member, policy: Policy) -> None:
-    if member.addr.is_unspecified or member.addr.is_multicast:
-        raise ValueError(f"address {member.addr} cannot receive traffic")
-    if policy.allowed_networks and not any(
-        member.addr in ipaddress.ip_network(cidr, strict=False) for cidr in policy.allowed_networks
-    ):
-        raise ValueError(f"address {member.addr} is outside allowed_networks")
-    for listen in policy.lb_listen:
-        host, port = split_hostport(listen)
-        if port == member.port and (host in ("", "*", "0.0.0.0", "::") or host == str(member.addr)):
-            raise ValueError(f"{member.endpoint} is the load balancer's own listen address")
-    if member.backup and policy.algorithm in NO_BACKUP_ALGORITHMS:
-        raise ValueError(f"tag backup is not supported with algorithm {policy.algorithm}")
+class _Checks:
+    """The policy's checks, with its networks and listen addresses parsed once per select()."""
+
+    def __init__(self, policy: Policy):
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in policy.allowed_networks]
+        self.listen = [split_hostport(listen) for listen in policy.lb_listen]
+        self.no_backup = policy.algorithm in NO_BACKUP_ALGORITHMS
+        self.algorithm = policy.algorithm
+
+    def apply(self, member: Member) -> None:
+        """Raise ValueError with the reason when `member` must not receive traffic."""
+        addr = member.addr
+        if addr.is_unspecified or addr.is_multicast:
+            raise ValueError(f"address {addr} cannot receive traffic")
+        if self.networks and not any(addr in network for network in self.networks):
+            raise ValueError(f"address {addr} is outside allowed_networks")
+        for host, port in self.listen:
+            if port == member.port and (host in ("", "*", "0.0.0.0", "::") or host == str(addr)):
+                raise ValueError(f"{member.endpoint} is the load balancer's own listen address")
+        if member.backup and self.no_backup:
+            raise ValueError(f"tag backup is not supported with algorithm {self.algorithm}")
 
 
 def _unique_endpoints(members: list[Member]) -> tuple[list[Member], list[Skip]]:
@@ -163,6 +173,8 @@ def _unique_endpoints(members: list[Member]) -> tuple[list[Member], list[Skip]]:
 
 def _address(value: Any) -> IPAddress:
     """Serf's Addr (bytes from RPC, an ipaddress object or text) -> an address object."""
+    if isinstance(value, ipaddress.IPv4Address):  # what SerfClient already decoded
+        return value
     try:
         addr = ipaddress.ip_address(value)
     except (TypeError, ValueError):

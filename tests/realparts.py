@@ -144,7 +144,9 @@ def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None
 
     `env` reaches the agent and so its event handler (Serf passes its environment on).
     """
-    bind_port, rpc_port = free_port(ip), rpc_port or free_port(ip)
+    bind_port = free_port(ip)
+    while rpc_port is None or rpc_port == bind_port:  # two free_port() calls can agree
+        rpc_port = free_port(ip)
     argv = [require("serf"), "agent", "-node", name, "-bind", f"{ip}:{bind_port}",
             "-rpc-addr", f"{ip}:{rpc_port}", "-profile", "local", "-log-level", "debug", *extra]
     for key, value in (tags or {}).items():
