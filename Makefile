@@ -30,7 +30,7 @@ bench-full: deps
 	$(PY) bench/run.py --full
 
 lint: deps
-	$(VENV)/bin/ruff check lbsync tests bench
+	$(VENV)/bin/ruff check lbsync tests bench lab
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from common import ROOT, emit, summary, timed
-
 from realparts import Nginx, Processes, free_port, start_serf, wait_until
 
 PROFILES = {  # repeats of (unchanged, changed) runs per size

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 import signal
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import BENCH, ROOT
-
 from realparts import Nginx, Proc, Processes, SerfNode, free_port, http_get, start_serf, wait_until
 
 MODES = ("handle", "run", "naive")

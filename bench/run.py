@@ -96,7 +96,7 @@ def handle_rows(cost: dict | None) -> list[list]:
         rows.append([f"handle, {size} members ({where}): changed p50 (ms)", paths["changed_ms"]["p50"]])
         if "in_process_unchanged_ms" in paths:
             both = (paths["in_process_unchanged_ms"]["p50"], paths["in_process_changed_ms"]["p50"])
-            rows.append([f"reconcile() in process, {size}: unchanged/changed p50 (ms)", "%s/%s" % both])
+            rows.append([f"reconcile() in process, {size}: unchanged/changed p50 (ms)", f"{both[0]}/{both[1]}"])
     start = agents["start"]
     rows.append(["handle start, non-member event p50 (ms)", start["handle_non_member_event_ms"]["p50"]])
     rows.append(["bare python start p50 (ms)", start["python_bare_ms"]["p50"]])

@@ -16,9 +16,8 @@ import time
 from collections import Counter
 
 from benchlab import BenchLab, WebNode, now
-from scenarios import ROUTE_DEADLINE, THINK, failed, wait_answer
-
 from realparts import ROOT, free_port, wait_until
+from scenarios import ROUTE_DEADLINE, THINK, failed, wait_answer
 
 DRAIN_TIMEOUT = 8.0  # the agent's bounded wait; a peer that ignores `drain` costs all of it
 REQUEST_GAP = 0.01  # the steady client: one fresh request about every 10 ms

@@ -14,10 +14,9 @@ import time
 from collections import Counter
 
 from benchlab import BenchLab, WebNode, now
+from realparts import wait_until
 from scenario_faults import Load
 from scenarios import settle
-
-from realparts import wait_until
 
 KEEPALIVE_GAP = 0.04
 

@@ -21,9 +21,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from benchlab import BenchLab, WebNode, now
-from scenarios import ROUTE_DEADLINE
-
 from realparts import ROOT, http_get, start_serf, wait_until
+from scenarios import ROUTE_DEADLINE
 
 RATE = 50.0  # requests per second
 CLIENT_TIMEOUT = 5.0
@@ -42,7 +41,7 @@ class Load:
         self.pool = ThreadPoolExecutor(int(RATE * CLIENT_TIMEOUT * 1.5))
         self.thread = threading.Thread(target=self._pace, daemon=True)
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self.thread.start()
         return self
 

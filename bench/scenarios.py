@@ -15,7 +15,6 @@ from pathlib import Path
 
 from benchlab import BenchLab, WebNode, make_lab, nodes_for, now
 from common import emit, summary
-
 from realparts import Processes, http_get, wait_until
 
 PROFILES = {

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the lab scripts: where the lab lives and which addresses and ports it uses.
 # Every value can be set in the environment; up.sh saves the LB's ports in $LAB_DIR/lab.env so
 # later scripts (boot_web.sh, demo.sh, down.sh) agree with the running lab.

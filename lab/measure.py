@@ -24,7 +24,7 @@ from pathlib import Path
 LAB = Path(__file__).resolve().parent
 sys.path.insert(0, str(LAB))
 
-from labtool import get
+from labtool import get  # noqa: E402  (after the sys.path line above)
 
 NET = "127.0.78"
 

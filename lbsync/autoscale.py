@@ -9,8 +9,8 @@ Rules, in order: stay within min_size..max_size (also at start: below min -> sca
 when the fleet load stayed above `scale_out_threshold` for `sustain` consecutive samples; scale in
 when it stayed below `scale_in_threshold` as long. Each direction waits its cooldown after an
 attempt, failed or not, counted from the attempt's end, so a failing command is never retried in
-a tight loop; scale-in also waits `cooldown_in` after a scale-out, so the fleet does not flap. `main` is here only so the CLI can
-import this module; the loop lives in `lbsync.scaler`.
+a tight loop; scale-in also waits `cooldown_in` after a scale-out, so the fleet does not flap.
+`main` is here only so the CLI can import this module; the loop lives in `lbsync.scaler`.
 """
 
 from __future__ import annotations

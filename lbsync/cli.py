@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import Settings, load

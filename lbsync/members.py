@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any
 
 from .config import split_hostport
 
@@ -65,7 +66,7 @@ class Policy:
     algorithm: str = "round_robin"
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Policy":
+    def from_settings(cls, settings: Any) -> Policy:
         return cls(settings.role, settings.allowed_networks, settings.lb_listen, settings.algorithm)
 
 

@@ -33,7 +33,7 @@ from .config import Settings
 from .errors import ConfigError, LockError, SourceError
 from .members import Policy as MemberPolicy
 from .members import select
-from .sync import write_atomic, locked
+from .sync import locked, write_atomic
 
 log = logging.getLogger("lbsync")
 

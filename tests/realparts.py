@@ -16,9 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "lbsync" / "templates"
@@ -207,7 +207,7 @@ class Nginx:
     def write_config(self, upstream_name: str = "lbs_backend") -> None:
         write_nginx_prefix(self.prefix, f"127.0.0.1:{self.port}", upstream_name)
 
-    def start(self, procs: Processes) -> "Nginx":
+    def start(self, procs: Processes) -> Nginx:
         self.write_config()
         self.proc = procs.start("nginx", [require("nginx"), "-p", str(self.prefix), "-c", str(self.conf),
                                           "-e", "stderr", "-g", "daemon off;"])

@@ -79,7 +79,8 @@ def test_change_missed_while_stopped_is_repaired_at_start(lab):
     assert lab.stop_daemon() == 0
     lab.web(2)
     serf("leave", "-rpc-addr", web1.rpc_addr)
-    wait_until(lambda: {(m["name"], m["status"]) for m in serf_members(lab.lb)} >= {("web1", "left"), ("web2", "alive")},
+    wanted = {("web1", "left"), ("web2", "alive")}
+    wait_until(lambda: {(m["name"], m["status"]) for m in serf_members(lab.lb)} >= wanted,
                CONVERGE, "the LB agent to see both changes")
     lab.start_daemon()
     wait_until(lambda: lab.served_by() == {"serf-web2"}, CONVERGE, "repaired at start")

@@ -20,7 +20,7 @@ class FakeSerf:
         self.members = members
         self.commands: list[str] = []
         self.server = socket.create_server(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.server.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.server.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def close(self) -> None:

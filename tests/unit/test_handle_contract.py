@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fakes import FakeSerf, fake_nginx, member
 
 ROOT = Path(__file__).resolve().parents[2]

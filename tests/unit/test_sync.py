@@ -6,10 +6,11 @@ import dataclasses
 import ipaddress
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from fakes import fake_nginx
+
 from lbsync.config import Settings
 from lbsync.errors import LockError, NginxError, ReloadError
 from lbsync.sync import Outcome, locked, reconcile
@@ -97,13 +98,14 @@ def test_lock_times_out_with_clear_error(tmp_path):
 def test_unchanged_path_does_not_import_jinja2(tmp_path):
     settings = settings_for(tmp_path)
     reconcile(settings, ListSource("web1"))
+    here = str(Path(__file__).parent)
     code = (
-        "import sys, dataclasses; sys.path[:0] = %r\n"
-        "from test_sync import ListSource, settings_for\n"
+        f"import sys; sys.path.insert(0, {here!r})\n"
         "from pathlib import Path\n"
+        "from test_sync import ListSource, settings_for\n"
         "from lbsync.sync import reconcile\n"
-        "r = reconcile(settings_for(Path(%r)), ListSource('web1'))\n"
+        f"r = reconcile(settings_for(Path({str(tmp_path)!r})), ListSource('web1'))\n"
         "print(r.outcome.value, 'jinja2' in sys.modules)\n"
-    ) % ([str(tmp_path.parent), str(__import__("pathlib").Path(__file__).parent)], str(tmp_path))
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["unchanged", "False"], out.stderr
