@@ -24,7 +24,7 @@ lab/up.sh
 tool requests "$LB_IP" "$HTTP_PORT" 1  # nobody home yet: lbsync's 503 page
 
 if [ -n "${LAB_AUTOSCALE:-}" ]; then
-    step "2. Autoscale on (min 2, max 4): lbsync autoscale boots the pool itself"
+    step "2-4. Autoscale on (min 2, max 4): lbsync autoscale boots the pool itself"
     AUTOSCALE=("$PYTHON" -m lbsync -c "$LAB_DIR/lb/lbsync.toml"
         --set autoscale.min_size=2 --set autoscale.max_size=4 --set autoscale.interval=5
         --set autoscale.sustain=3 --set autoscale.cooldown_out=30 --set autoscale.cooldown_in=60
