@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import BENCH, ROOT
-from realparts import Nginx, Proc, Processes, SerfNode, free_port, http_get, start_serf, wait_until
+from realparts import Nginx, Proc, Processes, SerfNode, died, free_port, http_get, start_serf, wait_until
 
 MODES = ("handle", "run", "naive")
 NAIVE = BENCH / "peers" / "naive_handler.sh"
@@ -140,7 +140,7 @@ def make_lab(mode: str, procs: Processes, workdir: Path, nodes: list[WebNode]) -
     lab = BenchLab(mode, procs, workdir, nginx, lb, {n.name: n for n in nodes})
     if mode == "run":
         lab.daemon = procs.start("lbsync-run", [sys.executable, "-m", "lbsync", "run"], env)
-        wait_until(lambda: nginx.upstream.read_text().startswith("# lbsync") or _died(lab.daemon), 30,
+        wait_until(lambda: nginx.upstream.read_text().startswith("# lbsync") or died(lab.daemon), 30,
                    "lbsync run to reconcile once")
     return lab
 
@@ -162,14 +162,8 @@ def _lb_env(mode: str, nginx: Nginx, workdir: Path, rpc_addr: str) -> dict:
 def _start_web(procs: Processes, nodes: list[WebNode]) -> Proc:
     specs = [f"{n.name}={n.ip}:{n.port}" for n in nodes]
     proc = procs.start("multiweb", [sys.executable, str(BENCH / "multiweb.py"), *specs])
-    wait_until(lambda: "serving" in proc.output() or _died(proc), 30, "multiweb to listen")
+    wait_until(lambda: "serving" in proc.output() or died(proc), 30, "multiweb to listen")
     return proc
-
-
-def _died(proc: Proc) -> bool:
-    if not proc.alive():
-        raise RuntimeError(f"{proc.name} exited {proc.popen.returncode}: {proc.output()[-1000:]}")
-    return False
 
 
 def nodes_for(prefix: str, subnet: str, count: int, first: int = 1) -> list[WebNode]:

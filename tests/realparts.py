@@ -156,11 +156,12 @@ def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None
     if handler:
         argv += ["-event-handler", handler]
     proc = procs.start(f"serf-{name}", argv, env)
-    wait_until(lambda: _connects(ip, rpc_port) or _died(proc), 10, f"serf agent {name} RPC")
+    wait_until(lambda: connects(ip, rpc_port) or died(proc), 10, f"serf agent {name} RPC")
     return SerfNode(name, ip, bind_port, rpc_port, proc)
 
 
-def _connects(host: str, port: int) -> bool:
+def connects(host: str, port: int) -> bool:
+    """Something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
@@ -168,7 +169,8 @@ def _connects(host: str, port: int) -> bool:
         return False
 
 
-def _died(proc: Proc) -> bool:
+def died(proc: Proc) -> bool:
+    """False while `proc` runs; raises with its last output once it exited (ends a wait early)."""
     if not proc.alive():
         raise AssertionError(f"{proc.name} exited {proc.popen.returncode}:\n{proc.output()[-2000:]}")
     return False
@@ -211,7 +213,7 @@ class Nginx:
         self.write_config()
         self.proc = procs.start("nginx", [require("nginx"), "-p", str(self.prefix), "-c", str(self.conf),
                                           "-e", "stderr", "-g", "daemon off;"])
-        wait_until(lambda: _connects("127.0.0.1", self.port) or _died(self.proc), 10, "nginx to listen")
+        wait_until(lambda: connects("127.0.0.1", self.port) or died(self.proc), 10, "nginx to listen")
         return self
 
     def get(self, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
@@ -253,7 +255,7 @@ def start_web(procs: Processes, name: str, ip: str, port: int) -> Proc:
     """A tiny HTTP server on ip:port that answers with its node name."""
     proc = procs.start(f"web-{name}", [sys.executable, str(WEB_SERVER), "--name", name,
                                        "--bind", ip, "--port", str(port)])
-    wait_until(lambda: _connects(ip, port) or _died(proc), 10, f"web server {name}")
+    wait_until(lambda: connects(ip, port) or died(proc), 10, f"web server {name}")
     return proc
 
 

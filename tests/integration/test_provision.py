@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from realparts import ROOT, Proc, Processes, free_port, require, wait_until
+from realparts import ROOT, Proc, Processes, connects, died, free_port, require, wait_until
 
 from lbsync.config import load
 from lbsync.members import Policy, select
@@ -131,24 +131,9 @@ def serf_from(procs: Processes, root: Path, name: str, ip: str, workdir: Path,
         argv += ["-config-file", str(confdir / path.name)]
     proc = procs.start(f"serf-{name}", argv)
     host, port = rpc.rsplit(":", 1)
-    wait_until(lambda: _listening(host, int(port)) or _exited(proc), 10, f"serf {name} RPC")
+    wait_until(lambda: connects(host, int(port)) or died(proc), 10, f"serf {name} RPC")
     return Agent(name, rpc, bind, proc)
 
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _exited(proc: Proc) -> bool:
-    if not proc.alive():
-        raise AssertionError(f"{proc.name} exited {proc.popen.returncode}:\n{proc.output()[-2000:]}")
-    return False
 
 
 def members(agent: Agent, token: str) -> dict[str, dict]:
