@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import msgpack
 
+from lbsync.config import split_hostport
 from lbsync.errors import SourceError
 
 DEFAULT_ADDR = "127.0.0.1:7373"
@@ -86,9 +87,9 @@ def _decode_record(rec: Any) -> dict:
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
+    """host:port (":7373" means loopback), with the config's own parser and a SourceError."""
     try:
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return split_hostport("127.0.0.1" + addr if addr.startswith(":") else addr)
     except ValueError:
         raise SourceError(f"bad serf RPC address {addr!r}: expected host:port") from None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from .config import Settings
 from .members import Policy, select
@@ -37,7 +36,7 @@ def report(settings: Settings, records: list[dict]) -> str:
         lines.append(f"skipped  {skip.name}: {skip.reason}")
     lines.append(_last_sync(settings))
     for title, name in STATE_FILES:
-        state = _read_json(Path(settings.state_dir) / name)
+        state = load_state(settings, name)
         if state is not None:
             lines.append(f"{title}: " + json.dumps(state, sort_keys=True))
     return "\n".join(lines)
@@ -51,9 +50,3 @@ def _last_sync(settings: Settings) -> str:
     return (f"last sync: {state.get('outcome')} {age:.0f} s ago, "
             f"{len(state.get('backends', []))} backends")
 
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -243,9 +243,10 @@ def save_state(settings: Settings, result: SyncResult) -> None:
         log.warning("cannot save state in %s: %s", settings.state_dir, exc.strerror or exc)
 
 
-def load_state(settings: Settings) -> dict | None:
+def load_state(settings: Settings, name: str = "last_sync.json") -> dict | None:
+    """A state file from `state_dir` (this module's, the daemon's or the autoscaler's), if readable."""
     try:
-        return json.loads((Path(settings.state_dir) / "last_sync.json").read_text())
+        return json.loads((Path(settings.state_dir) / name).read_text())
     except (OSError, ValueError):
         return None
 
