@@ -163,7 +163,7 @@ def in_memory(workdir: Path, nginx: Nginx, repeats: dict) -> dict:
     """The hook (fresh interpreter, members from a file) and in-process reconcile() at big sizes."""
     import msgpack
 
-    from lbsync.config import load
+    from lbsync.layers import load
     from lbsync.sync import reconcile
 
     env = lb_env(nginx, workdir, "127.0.0.1:1")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lbsync.sync  # noqa: E402
 from lbsync.cli import main  # noqa: E402
 
 
@@ -36,5 +35,4 @@ class FileSource:
 
 
 if __name__ == "__main__":
-    lbsync.sync.SerfSource = FileSource  # cmd_handle looks it up when an event arrives
-    sys.exit(main(["handle"]))
+    sys.exit(main(["handle"], source_factory=FileSource))

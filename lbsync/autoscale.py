@@ -2,7 +2,7 @@
 
 Kept pure so every rule (thresholds, hysteresis, sustain, cooldowns, warm-up, min/max) is a table
 test with plain data; `lbsync.scaler` gathers the samples, holds the lock, runs the operator's
-commands and persists the `State` this module returns. Times are wall-clock seconds (time.time())
+commands and persists the `ScaleState` this module returns. Times are wall-clock seconds (time.time())
 because the state outlives a restart of the autoscaler.
 
 Rules, in order: stay within min_size..max_size (also at start: below min -> scale out); scale out
@@ -10,7 +10,7 @@ when the fleet load stayed above `scale_out_threshold` for `sustain` consecutive
 when it stayed below `scale_in_threshold` as long. Each direction waits its cooldown after an
 attempt, failed or not, counted from the attempt's end, so a failing command is never retried in
 a tight loop; scale-in also waits `cooldown_in` after a scale-out, so the fleet does not flap.
-`main` is here only so the CLI can import this module; the loop lives in `lbsync.scaler`.
+The knobs are `AutoscaleSettings` itself: decide() reads them, nothing re-declares them.
 """
 
 from __future__ import annotations
@@ -18,38 +18,21 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+
+from .config import AutoscaleSettings
 
 OUT, IN, HOLD = "scale-out", "scale-in", "hold"
 
 
-@dataclass(frozen=True)
-class Policy:
-    """The knobs of `[autoscale]` that decide() reads."""
+def index_of(policy: AutoscaleSettings, name: str) -> int | None:
+    """The index in a node name built from `name_template`, or None: not ours to remove."""
+    before, _, after = policy.name_template.partition("{index}")
+    found = re.fullmatch(re.escape(before) + r"([1-9][0-9]{0,5})" + re.escape(after), name)
+    return int(found.group(1)) if found else None
 
-    min_size: int = 1
-    max_size: int = 4
-    scale_out_threshold: float = 0.8
-    scale_in_threshold: float = 0.3
-    sustain: int = 3
-    cooldown_out: float = 60.0
-    cooldown_in: float = 120.0
-    warmup: float = 30.0
-    step: int = 1
-    name_template: str = "web{index}"
 
-    @classmethod
-    def from_settings(cls, conf: Any) -> Policy:
-        return cls(**{name: getattr(conf, name) for name in cls.__dataclass_fields__})
-
-    def index_of(self, name: str) -> int | None:
-        """The index in a node name built from `name_template`, or None: not ours to remove."""
-        before, _, after = self.name_template.partition("{index}")
-        found = re.fullmatch(re.escape(before) + r"([1-9][0-9]{0,5})" + re.escape(after), name)
-        return int(found.group(1)) if found else None
-
-    def name_of(self, index: int) -> str:
-        return self.name_template.replace("{index}", str(index))
+def name_of(policy: AutoscaleSettings, index: int) -> str:
+    return policy.name_template.replace("{index}", str(index))
 
 
 @dataclass(frozen=True)
@@ -62,7 +45,7 @@ class Node:
 
 
 @dataclass(frozen=True)
-class State:
+class ScaleState:
     """What must survive a restart so the autoscaler does not double-fire."""
 
     last_out: float | None = None  # end of the last scale-out attempt, failed or not
@@ -76,7 +59,7 @@ class State:
                 "warming": nodes(self.warming), "removing": nodes(self.removing)}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> State:
+    def from_json(cls, data: Mapping) -> ScaleState:
         """Raises ValueError (or TypeError/KeyError) on a state file that is not ours."""
         nodes = lambda key: tuple(Node(str(n["name"]), n["index"], float(n["since"]))
                                   for n in data.get(key, ()))
@@ -100,11 +83,11 @@ class Decision:
     reason: str
     size: int
     fleet_load: float | None
-    state: State
+    state: ScaleState
     nodes: tuple[Node, ...] = ()
 
 
-def decide(state: State, samples: list[Sample], policy: Policy) -> Decision:
+def decide(state: ScaleState, samples: list[Sample], policy: AutoscaleSettings) -> Decision:
     """The next action for the newest sample, given the recent ones (oldest first)."""
     if not samples:
         return Decision(HOLD, "no sample yet", 0, None, state)
@@ -126,7 +109,7 @@ def decide(state: State, samples: list[Sample], policy: Policy) -> Decision:
     return hold(reason)
 
 
-def wanted(size: int, window: list[float | None], policy: Policy) -> tuple[str, int, str]:
+def wanted(size: int, window: list[float | None], policy: AutoscaleSettings) -> tuple[str, int, str]:
     """What size and load ask for before cooldowns: (action, how many nodes, why)."""
     if size < policy.min_size:
         return OUT, policy.min_size - size, f"size {size} is below min_size {policy.min_size}"
@@ -153,14 +136,14 @@ def wanted(size: int, window: list[float | None], policy: Policy) -> tuple[str, 
     return HOLD, 0, "load within thresholds"
 
 
-def fleet_load(sample: Sample, state: State) -> float | None:
+def fleet_load(sample: Sample, state: ScaleState) -> float | None:
     """Mean load of the nodes that answered, leaving out warming and departing nodes."""
     skip = {node.name for node in state.warming + state.removing}
     loads = [load for name, load in sample.loads.items() if load is not None and name not in skip]
     return sum(loads) / len(loads) if loads else None
 
 
-def begin(state: State, decision: Decision, now: float) -> State:
+def begin(state: ScaleState, decision: Decision, now: float) -> ScaleState:
     """The state to persist *before* running commands: a crash mid-action cannot double-fire."""
     if decision.action == OUT:
         nodes = tuple(replace(node, since=now) for node in decision.nodes)
@@ -171,7 +154,7 @@ def begin(state: State, decision: Decision, now: float) -> State:
     return state
 
 
-def finish(state: State, decision: Decision, done: list[str], now: float) -> State:
+def finish(state: ScaleState, decision: Decision, done: list[str], now: float) -> ScaleState:
     """After the commands (`done`: the nodes whose commands succeeded). Cooldowns and warm-up
     count from the end of the action, as a long drain or boot has not changed the load yet."""
     names = {node.name for node in decision.nodes}
@@ -184,18 +167,18 @@ def finish(state: State, decision: Decision, done: list[str], now: float) -> Sta
     return state
 
 
-def _out(state: State, latest: Sample, policy: Policy, size: int, load: float | None, count: int,
+def _out(state: ScaleState, latest: Sample, policy: AutoscaleSettings, size: int, load: float | None, count: int,
          reason: str) -> Decision | None:
     if _cooling(state, latest.time, policy, OUT):
         return None
-    taken = {policy.index_of(name) for name in latest.loads}
+    taken = {index_of(policy, name) for name in latest.loads}
     taken |= {node.index for node in state.warming + state.removing}
     indexes = _free_indexes(taken, count)
-    nodes = tuple(Node(policy.name_of(i), i, latest.time) for i in indexes)
+    nodes = tuple(Node(name_of(policy, i), i, latest.time) for i in indexes)
     return Decision(OUT, reason, size, load, state, nodes)
 
 
-def _in(state: State, latest: Sample, policy: Policy, size: int, load: float | None, count: int,
+def _in(state: ScaleState, latest: Sample, policy: AutoscaleSettings, size: int, load: float | None, count: int,
         reason: str) -> Decision | None:
     if _blocked_in(state, latest, policy):
         return None
@@ -203,25 +186,25 @@ def _in(state: State, latest: Sample, policy: Policy, size: int, load: float | N
     return Decision(IN, reason, size, load, state, tuple(victims))
 
 
-def _blocked_in(state: State, latest: Sample, policy: Policy) -> str:
+def _blocked_in(state: ScaleState, latest: Sample, policy: AutoscaleSettings) -> str:
     """Why scale-in cannot happen now ('' when it can)."""
     cooling = _cooling(state, latest.time, policy, IN)
     if cooling:
         return cooling
     if not _removable(state, latest, policy):
-        return f"no removable node (names like {policy.name_of(1)!r}, not warming)"
+        return f"no removable node (names like {name_of(policy, 1)!r}, not warming)"
     return ""
 
 
-def _removable(state: State, latest: Sample, policy: Policy) -> list[Node]:
+def _removable(state: ScaleState, latest: Sample, policy: AutoscaleSettings) -> list[Node]:
     """Newest first: the highest index among nodes named by `name_template`."""
     busy = {node.name for node in state.warming + state.removing}
-    nodes = [Node(name, policy.index_of(name), latest.time) for name in latest.loads
-             if name not in busy and policy.index_of(name) is not None]
+    nodes = [Node(name, index_of(policy, name), latest.time) for name in latest.loads
+             if name not in busy and index_of(policy, name) is not None]
     return sorted(nodes, key=lambda node: node.index, reverse=True)
 
 
-def _cooling(state: State, now: float, policy: Policy, action: str) -> str:
+def _cooling(state: ScaleState, now: float, policy: AutoscaleSettings, action: str) -> str:
     """'' when `action` may run at `now`; else how long its cooldown still lasts."""
     if action == OUT:
         until = None if state.last_out is None else state.last_out + policy.cooldown_out
@@ -233,7 +216,7 @@ def _cooling(state: State, now: float, policy: Policy, action: str) -> str:
     return f"{action} cooling down for {until - now:.1f} s more"
 
 
-def _prune(state: State, latest: Sample, policy: Policy) -> State:
+def _prune(state: ScaleState, latest: Sample, policy: AutoscaleSettings) -> ScaleState:
     """A warming node is warm once `warmup` passed and it is alive (given up if it is not);
     a removing node is done once it has left. A removal still recorded a cooldown after it
     began was interrupted (the autoscaler died mid-command): the node counts again."""
@@ -243,7 +226,7 @@ def _prune(state: State, latest: Sample, policy: Policy) -> State:
     return replace(state, warming=warming, removing=removing)
 
 
-def _size(state: State, latest: Sample) -> int:
+def _size(state: ScaleState, latest: Sample) -> int:
     leaving = {node.name for node in state.removing}
     return len((set(latest.loads) | {node.name for node in state.warming}) - leaving)
 
@@ -266,10 +249,3 @@ def _free_indexes(taken: set[int | None], count: int) -> list[int]:
             out.append(index)
         index += 1
     return out
-
-
-def main(settings: Any, args: Any) -> int:
-    """`lbsync autoscale`: the loop and its I/O live in lbsync.scaler."""
-    from .scaler import main as run
-
-    return run(settings, args)

@@ -12,10 +12,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Settings, load
 from .errors import ConfigError, LbsyncError
+from .layers import load
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .plan import MemberSource
 
 log = logging.getLogger("lbsync")
 
@@ -38,15 +43,19 @@ AGENT_FLAGS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         source_factory: Callable[[Settings], MemberSource] | None = None) -> int:
+    """`lbsync ARGS`. `source_factory` replaces the Serf agent as the member source (benchmarks
+    feed `handle` members from a file this way)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(with_install="install" in argv).parse_args(argv)
+    args.source_factory = source_factory or _serf_source
     if args.func is INSTALL:  # install writes the config file, so a broken one must not stop it
         _setup_logging(args.verbose, syslog=False)
         return _run(args.func, None, args)
     try:
-        args.overrides = _overrides(args)  # kept for commands that reload settings (run)
-        settings = load(args.config, overrides=args.overrides)
+        args.overrides, args.flags = _overrides(args)  # kept for commands that reload settings (run)
+        settings = load(args.config, overrides=args.overrides, flags=args.flags)
     except LbsyncError as exc:
         _setup_logging(args.verbose, syslog=False)
         log.error("%s", exc)
@@ -97,13 +106,14 @@ def build_parser(with_install: bool = True) -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="render and compare; write nothing")
     sync.add_argument("--diff", action="store_true", help="print the change as a unified diff")
     _command(commands, "render", cmd_render, "print the upstream file the membership renders to")
-    _command(commands, "status", _lazy("status"), "members by state, rendered, skipped, last sync")
-    _command(commands, "run", _lazy("daemon"),
+    _command(commands, "status", _lazy("status", "show_status"),
+             "members by state, rendered, skipped, last sync")
+    _command(commands, "run", _lazy("daemon", "run_daemon"),
              "long-running LB mode: follow Serf over RPC, debounce, resync, health checks")
-    agent = _command(commands, "agent", _lazy("agent"),
+    agent = _command(commands, "agent", _lazy("agent", "run_agent"),
                      "web node: join the cluster with role/port/weight tags; drain on SIGTERM")
     _add_flags(agent, AGENT_FLAGS)
-    scale = _command(commands, "autoscale", _lazy("autoscale"),
+    scale = _command(commands, "autoscale", _lazy("scaler", "run_autoscaler"),
                      "scale the web pool on fleet load with operator commands")
     scale.add_argument("--dry-run", dest="opt:autoscale.dry_run", action="store_const",
                        const="true", help="log every decision; run no command")
@@ -124,42 +134,50 @@ def cmd_handle(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     for line in _event_lines(sys.stdin):
         log.info("event %s: %s", event, line)
-    from .sync import SerfSource, reconcile
+    from .sync import reconcile
 
-    reconcile(settings, SerfSource(settings))
+    reconcile(settings, args.source_factory(settings))
     return 0
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
-    from .sync import SerfSource, reconcile
+    from .sync import reconcile
 
-    result = reconcile(settings, SerfSource(settings), dry_run=args.dry_run)
+    result = reconcile(settings, args.source_factory(settings), dry_run=args.dry_run)
     if args.diff and result.diff:
         sys.stdout.write(result.diff)
     return 0
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
-    from .members import Policy, select
-    from .sync import SerfSource, candidate_for
+    from .drivers.reload import render_upstream
+    from .members import select
+    from .plan import Plan
+    from .sync import log_skips
 
-    selection = select(SerfSource(settings).members(), Policy.from_settings(settings))
-    for skip in selection.skipped:
-        log.warning("skipping member %s: %s", skip.name, skip.reason)
-    sys.stdout.write(candidate_for(settings, selection, frozenset()) or "")
+    selection = select(args.source_factory(settings).members(), settings)
+    log_skips(selection)
+    sys.stdout.write(render_upstream(Plan.of(settings, selection)))
     return 0
 
 
+def _serf_source(settings: Settings) -> MemberSource:
+    from .serf import SerfSource
+
+    return SerfSource(settings)
+
+
 def _event_lines(stream) -> list[str]:
-    """Serf's stdin lines (name, addr, role, tags; tab-separated), printable, bounded."""
+    """Serf's stdin lines (name, addr, role, tags; tab-separated), escaped, bounded."""
+    from .rules import printable
+
     lines = []
     for number, raw in enumerate(stream):
         if number == MAX_EVENT_LINES:
             lines.append("(more members not shown)")
             break
         fields = raw.rstrip("\n").split("\t")
-        text = " ".join(fields[:2]) + (f" ({' '.join(fields[2:])})" if len(fields) > 2 else "")
-        lines.append("".join(ch if ch.isprintable() else "?" for ch in text)[:300])
+        lines.append(printable(" ".join(fields[:2]) + (f" ({' '.join(fields[2:])})" if len(fields) > 2 else "")))
     return lines
 
 
@@ -169,14 +187,14 @@ def _command(commands, name: str, func: Callable, help_text: str) -> argparse.Ar
     return sub
 
 
-def _lazy(module: str) -> Callable[[Settings, argparse.Namespace], int]:
-    """Run `lbsync.<module>.main(settings, args)`, importing the module only when chosen."""
+def _lazy(module: str, function: str) -> Callable[[Settings, argparse.Namespace], int]:
+    """Run `lbsync.<module>.<function>(settings, args)`, importing the module only when chosen."""
     def run(settings: Settings, args: argparse.Namespace) -> int:
-        return importlib.import_module(f"lbsync.{module}").main(settings, args)
+        return getattr(importlib.import_module(f"lbsync.{module}"), function)(settings, args)
     return run
 
 
-INSTALL = _lazy("install")
+INSTALL = _lazy("install", "run_install")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
@@ -184,15 +202,19 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]
         parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", help=help_text)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    out = {key[4:]: value for key, value in vars(args).items()
-           if key.startswith("opt:") and value is not None}
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """Settings given on the command line, and the flag that gave each (for error messages)."""
+    flag_of = {key: flag for flag, (key, _) in {**COMMON_FLAGS, **AGENT_FLAGS}.items()}
+    values = {key[4:]: value for key, value in vars(args).items()
+              if key.startswith("opt:") and value is not None}
+    flags = {key: f"flag {flag_of.get(key, '--dry-run')}" for key in values}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value
-    return out
+        values[key.strip()] = value
+        flags[key.strip()] = f"flag --set {key.strip()}"
+    return values, flags
 
 
 def _setup_logging(verbose: bool, syslog: bool) -> None:

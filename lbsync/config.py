@@ -1,90 +1,220 @@
-"""Settings: defaults <- TOML file <- LBSYNC_* environment <- command-line flags.
+"""Settings: what each part of lbsync can be told, with one rule per key.
 
-One frozen dataclass per concern. Top-level keys configure the LB core; the `[agent]`,
-`[daemon]` and `[autoscale]` tables configure the other roles. Unknown keys are an error (a typo
-must never silently fall back to a default on a load balancer). Environment variables are
-`LBSYNC_<KEY>` for top-level keys and `LBSYNC_<TABLE>_<KEY>` for the tables; list values in the
-environment are comma-separated.
+One frozen dataclass per concern. Top-level keys configure the LB core; the `[agent]`, `[daemon]`
+and `[autoscale]` tables configure the other roles. Every field names its rule (`spec`), and one
+function applies the rules to raw values wherever they came from, so `[agent] weight = 999`, an
+env var and a flag are refused alike. Cross-field rules (`RELATIONS`) run after the fields.
+Reading the layers (file, environment, flags) and naming the source of a bad value is `layers.py`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
-import os
-import tomllib
-import types
-import typing
-from collections.abc import Mapping
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import rules
 from .errors import ConfigError
 
-DEFAULT_CONFIG = Path("/etc/lbsync/lbsync.toml")
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DAY = 86400.0
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    """A web node: its Serf agent, the tags it publishes and how it drains."""
+class SettingError(ConfigError):
+    """A value broke its key's rule; `key` (dotted for tables) lets the loader name its source."""
 
-    node_name: str = ""  # default: the host name
-    bind: str = "0.0.0.0:7946"
-    advertise: str = ""
-    rpc_addr: str = "127.0.0.1:7373"
-    rpc_auth: str = ""
-    join: tuple[str, ...] = ()  # the LB address(es); required
-    encrypt_key: str = ""
-    role: str = "web"
-    port: int = 80
-    weight: int = 1
-    serf_bin: str = "serf"
-    serf_config: str = ""  # an extra -config-file for the agent
-    load_query: str = "load"
-    drain_timeout: float = 30.0  # bounded wait for the LB to stop sending before leaving
-    drain_quiet: float = 2.0  # no request seen for this long -> the LB has let go
-    log_file: str = ""  # access log of the local web server to watch while draining
-    load_file: str = ""  # when set and present: answer load queries with its number (tests, lab)
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
 
 
-@dataclass(frozen=True)
-class DaemonSettings:
-    """`lbsync run`: how fast it follows Serf and how often it reloads nginx."""
+# -- rules: each turns a raw value (TOML value or environment string) into the field's value ------
 
-    poll_interval: float = 0.05  # idle members-filtered poll; 20 ms while a change settles
-    debounce_min: float = 0.02  # quiescence after the last change: one unchanged poll
-    debounce_max: float = 0.5  # never wait longer than this under continuous churn
-    min_reload_interval: float = 1.0
-    resync_interval: float = 60.0
-    reconnect_max: float = 5.0
-    health_path: str = ""  # empty: active health checks off
-    health_interval: float = 0.5
-    health_timeout: float = 0.5
-    health_rise: int = 2
-    health_fall: int = 2
-    metrics_file: str = ""
+Parse = Callable[[Any], Any]
+
+
+def spec(default: Any, parse: Parse) -> Any:
+    """A field with its rule; a tuple default stays immutable."""
+    return field(default=default, metadata={"parse": parse})
+
+
+def integer(low: int, high: int) -> Parse:
+    return lambda value: rules.bounded_int(value, low, high)
+
+
+def number(low: float, high: float, low_open: bool = False) -> Parse:
+    return lambda value: rules.bounded_float(value, low, high, low_open)
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError(f"{rules.printable(value)} contains control characters")
+    return value
+
+
+def choice(*options: str) -> Parse:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return value
+    return parse
+
+
+def listed(item: Parse) -> Parse:
+    """A TOML list, or a comma-separated environment string."""
+    def parse(value: Any) -> tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{value!r} is not a list")
+        return tuple(item(str(x).strip()) for x in items if str(x).strip())
+    return parse
+
+
+def address(value: Any) -> str:
+    """host:port (':7373' means the local host, as Serf's CLI takes it)."""
+    text(value)
+    rules.split_hostport("127.0.0.1" + value if value.startswith(":") else value)
+    return value
+
+
+def host_with_port(value: Any) -> str:
+    """HOST or HOST:PORT (Serf's default port when none is given)."""
+    rules.hostport(text(value), rules.SERF_PORT)
+    return value
+
+
+def network(value: Any) -> str:
+    try:
+        ipaddress.ip_network(text(value), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network (CIDR)") from None
+    return value
+
+
+def hash_key(value: Any) -> str:
+    if any(ch in text(value) for ch in ";{}'\"\\"):
+        raise ValueError(f"{value!r} contains characters nginx would misread")
+    return value
+
+
+def optional(parse: Parse) -> Parse:
+    return lambda value: "" if value == "" else parse(value)
+
+
+def url_path(value: Any) -> str:
+    if text(value) and not value.startswith("/"):
+        raise ValueError(f"{value!r} must start with /")
+    return value
+
+
+def gossip_key(value: Any) -> str:
+    """Serf wants base64 of 16, 24 or 32 bytes; say so here rather than in Serf's log."""
+    try:
+        size = len(base64.b64decode(text(value), validate=True))
+    except (binascii.Error, ValueError):
+        size = -1
+    if size not in (16, 24, 32):
+        raise ValueError("is not base64 of 16, 24 or 32 bytes (see `serf keygen`)")
+    return value
+
+
+def command(value: Any) -> str:
+    """Split like a shell would (no shell runs): unbalanced quotes are refused now, not later."""
+    shlex.split(text(value))
+    return value
+
+
+def name_template(value: Any) -> str:
+    if text(value).count("{index}") != 1 or not rules.NODE_NAME_RE.fullmatch(value.replace("{index}", "1")):
+        raise ValueError(f"{value!r} needs exactly one {{index}} and otherwise only [A-Za-z0-9._-]")
+    return value
+
+
+# -- the settings -------------------------------------------------------------------------------
+
+class Checked:
+    """Every settings class validates itself on construction, whoever builds it (loader or test).
+
+    Each field's rule runs on its value; then `RELATIONS`: (key, other key, holds, verb).
+    """
+
+    TABLE = ""
+    RELATIONS: tuple = ()
 
     def __post_init__(self) -> None:
-        """A zero poll would spin a core; a cap below the window would make the window a lie."""
-        for name in ("poll_interval", "health_interval", "health_timeout", "resync_interval", "reconnect_max"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"daemon.{name} must be > 0, not {getattr(self, name)}")
-        if not 0 <= self.debounce_min <= self.debounce_max:
-            raise ConfigError(f"daemon.debounce_min ({self.debounce_min}) must be 0..debounce_max "
-                              f"({self.debounce_max})")
-        if self.min_reload_interval < 0:
-            raise ConfigError(f"daemon.min_reload_interval must be >= 0, not {self.min_reload_interval}")
-        if not (1 <= self.health_rise <= 100 and 1 <= self.health_fall <= 100):
-            raise ConfigError("daemon.health_rise and daemon.health_fall must be 1..100")
-        if self.health_path and not self.health_path.startswith("/"):
-            raise ConfigError(f"daemon.health_path {self.health_path!r} must start with /")
+        prefix = f"{self.TABLE}." if self.TABLE else ""
+        for key, parse in fields_of(type(self)).items():
+            try:
+                parse(getattr(self, key))
+            except ValueError as exc:
+                raise SettingError(prefix + key, str(exc)) from None
+        for first, second, holds, verb in self.RELATIONS:
+            if not holds(self):
+                raise SettingError(prefix + first, f"{getattr(self, first)!r} {verb} {prefix}{second} "
+                                                   f"({getattr(self, second)!r})")
 
 
 @dataclass(frozen=True)
-class AutoscaleSettings:
+class AgentSettings(Checked):
+    """A web node: its Serf agent, the tags it publishes and how it drains."""
+
+    node_name: str = spec("", optional(rules.node_name))  # default: the host name
+    bind: str = spec("0.0.0.0:7946", address)
+    advertise: str = spec("", optional(host_with_port))
+    rpc_addr: str = spec(rules.DEFAULT_RPC_ADDR, address)
+    rpc_auth: str = spec("", text)
+    join: tuple[str, ...] = spec((), listed(host_with_port))  # the LB address(es); required
+    encrypt_key: str = spec("", optional(gossip_key))
+    role: str = spec("web", rules.identifier)
+    port: int = spec(80, integer(*rules.PORT))
+    weight: int = spec(1, integer(*rules.WEIGHT))
+    serf_bin: str = spec("serf", text)
+    serf_config: str = spec("", text)  # an extra -config-file for the agent
+    load_query: str = spec("load", rules.identifier)
+    drain_timeout: float = spec(30.0, number(0, DAY))  # bounded wait for the LB to let go
+    drain_quiet: float = spec(2.0, number(0, DAY))  # no request seen this long -> let go
+    log_file: str = spec("", text)  # access log of the local web server to watch while draining
+    load_file: str = spec("", text)  # when set and present: answer load queries with its number
+
+    TABLE = "agent"
+    RELATIONS = (("drain_quiet", "drain_timeout", lambda s: s.drain_quiet <= s.drain_timeout,
+                  "must not exceed"),)
+
+
+@dataclass(frozen=True)
+class DaemonSettings(Checked):
+    """`lbsync run`: how fast it follows Serf and how often it reloads nginx."""
+
+    poll_interval: float = spec(0.05, number(0, 60, low_open=True))  # 20 ms while a change settles
+    debounce_min: float = spec(0.02, number(0, 60))  # quiet after the last change: one unchanged poll
+    debounce_max: float = spec(0.5, number(0, 60))  # never wait longer under continuous churn
+    min_reload_interval: float = spec(1.0, number(0, 3600))
+    resync_interval: float = spec(60.0, number(0, DAY, low_open=True))
+    reconnect_max: float = spec(5.0, number(0, 3600, low_open=True))
+    health_path: str = spec("", url_path)  # empty: active health checks off
+    health_interval: float = spec(0.5, number(0, 3600, low_open=True))
+    health_timeout: float = spec(0.5, number(0, 3600, low_open=True))
+    health_rise: int = spec(2, integer(1, 100))
+    health_fall: int = spec(2, integer(1, 100))
+    metrics_file: str = spec("", text)
+
+    TABLE = "daemon"
+    RELATIONS = (("debounce_min", "debounce_max", lambda s: s.debounce_min <= s.debounce_max,
+                  "must not exceed"),)
+
+
+@dataclass(frozen=True)
+class AutoscaleSettings(Checked):
     """`lbsync autoscale`: the scaling policy and the operator's commands.
 
     Commands are split like a shell would (no shell runs) and get {index} and {name} replaced.
@@ -93,232 +223,90 @@ class AutoscaleSettings:
     Without a drain_command, scale_in_command must drain and leave itself (lab/stop_web.sh does).
     """
 
-    min_size: int = 1
-    max_size: int = 4
-    scale_out_threshold: float = 0.8  # normalised 1-minute load (load / CPU count)
-    scale_in_threshold: float = 0.3  # must be below scale_out_threshold (hysteresis)
-    sustain: int = 3  # consecutive samples the condition must hold
-    cooldown_out: float = 60.0  # after a scale-out attempt, failed or not
-    cooldown_in: float = 120.0  # after any attempt, before the next scale-in
-    warmup: float = 30.0  # a new node's load is ignored this long; it counts toward size
-    step: int = 1
-    interval: float = 10.0
-    query_timeout: float = 2.0
-    command_timeout: float = 120.0
-    name_template: str = "web{index}"  # Serf node name of the node with index N
-    scale_out_command: str = ""  # e.g. "lab/boot_web.sh {index}"
-    drain_command: str = ""
-    scale_in_command: str = ""  # e.g. "lab/stop_web.sh {index}"
-    dry_run: bool = False
+    min_size: int = spec(1, integer(0, 1000))
+    max_size: int = spec(4, integer(1, 1000))
+    scale_out_threshold: float = spec(0.8, number(0, 100))  # normalised load (load / CPU count)
+    scale_in_threshold: float = spec(0.3, number(0, 100))  # below scale_out_threshold (hysteresis)
+    sustain: int = spec(3, integer(1, 100))  # consecutive samples the condition must hold
+    cooldown_out: float = spec(60.0, number(0, DAY))  # after a scale-out attempt, failed or not
+    cooldown_in: float = spec(120.0, number(0, DAY))  # after any attempt, before the next scale-in
+    warmup: float = spec(30.0, number(0, DAY))  # a new node's load is ignored this long
+    step: int = spec(1, integer(1, 1000))
+    interval: float = spec(10.0, number(0, DAY, low_open=True))
+    query_timeout: float = spec(2.0, number(0, 300, low_open=True))
+    command_timeout: float = spec(120.0, number(0, DAY, low_open=True))
+    name_template: str = spec("web{index}", name_template)  # Serf node name of the node with index N
+    scale_out_command: str = spec("", command)  # e.g. "lab/boot_web.sh {index}"
+    drain_command: str = spec("", command)
+    scale_in_command: str = spec("", command)  # e.g. "lab/stop_web.sh {index}"
+    dry_run: bool = spec(False, rules.boolean)
 
-    def __post_init__(self) -> None:
-        checks = (
-            (0 <= self.min_size <= self.max_size, f"min_size {self.min_size} must be 0..max_size"),
-            (self.max_size >= 1, f"max_size {self.max_size} must be at least 1"),
-            (0 <= self.scale_in_threshold < self.scale_out_threshold,
-             f"scale_in_threshold {self.scale_in_threshold:g} must be >= 0 and below "
-             f"scale_out_threshold {self.scale_out_threshold:g} (hysteresis)"),
-            (1 <= self.sustain <= 100, f"sustain {self.sustain} must be 1..100 samples"),
-            (1 <= self.step <= self.max_size, f"step {self.step} must be 1..max_size"),
-            (min(self.cooldown_out, self.cooldown_in, self.warmup) >= 0, "cooldowns and warmup must be >= 0"),
-            (min(self.interval, self.query_timeout, self.command_timeout) > 0,
-             "interval, query_timeout and command_timeout must be > 0"),
-            (self.name_template.count("{index}") == 1
-             and _is_nginx_name(self.name_template.replace("{index}", "1").replace(".", "")),
-             f"name_template {self.name_template!r} needs one {{index}} and only [A-Za-z0-9._-]"),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"autoscale.{message}")
-        import shlex
-
-        for key in ("scale_out_command", "drain_command", "scale_in_command"):
-            try:
-                shlex.split(getattr(self, key))
-            except ValueError as exc:
-                raise ConfigError(f"autoscale.{key}: {exc}") from None
+    TABLE = "autoscale"
+    RELATIONS = (
+        ("min_size", "max_size", lambda s: s.min_size <= s.max_size, "must not exceed"),
+        ("scale_in_threshold", "scale_out_threshold",
+         lambda s: s.scale_in_threshold < s.scale_out_threshold, "must leave a band (hysteresis) below"),
+        ("step", "max_size", lambda s: s.step <= s.max_size, "must not exceed"),
+    )
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(Checked):
     """The LB core: where members come from, what may be rendered, where it goes."""
 
-    rpc_addr: str = "127.0.0.1:7373"
-    rpc_auth: str = ""
-    rpc_timeout: float = 5.0
-    role: str = "web"
-    allowed_networks: tuple[str, ...] = ()  # empty: any address; else CIDRs
-    lb_listen: tuple[str, ...] = ()  # host:port the LB itself listens on; never a backend
-    upstream_name: str = "lbs_backend"
-    algorithm: str = "round_robin"
-    hash_key: str = "$request_uri"
-    keepalive: int = 0
-    template: str = str(PACKAGE_TEMPLATES / "lbs_upstream.conf.j2")
-    output: str = "/etc/nginx/conf.d/lbs_upstream.conf"
-    nginx_bin: str = "nginx"
-    nginx_conf: str = "/etc/nginx/nginx.conf"
-    nginx_prefix: str = ""
-    reload_command: str = "systemctl reload nginx"
-    lock_file: str = "/run/lbsync.lock"
-    lock_timeout: float = 30.0
-    state_dir: str = "/var/lib/lbsync"
-    log_level: str = "info"
-    syslog: bool = True
+    rpc_addr: str = spec(rules.DEFAULT_RPC_ADDR, address)
+    rpc_auth: str = spec("", text)
+    rpc_timeout: float = spec(5.0, number(0, 300, low_open=True))
+    role: str = spec("web", rules.identifier)
+    allowed_networks: tuple[str, ...] = spec((), listed(network))  # empty: any address
+    lb_listen: tuple[str, ...] = spec((), listed(address))  # the LB's own host:port; never a backend
+    upstream_name: str = spec("lbs_backend", rules.identifier)
+    algorithm: str = spec("round_robin", choice(*ALGORITHMS))
+    hash_key: str = spec("$request_uri", hash_key)
+    keepalive: int = spec(0, integer(0, 10000))
+    template: str = spec(str(PACKAGE_TEMPLATES / "lbs_upstream.conf.j2"), text)
+    output: str = spec("/etc/nginx/conf.d/lbs_upstream.conf", text)
+    nginx_bin: str = spec("nginx", text)
+    nginx_conf: str = spec("/etc/nginx/nginx.conf", text)
+    nginx_prefix: str = spec("", text)
+    reload_command: str = spec("systemctl reload nginx", command)
+    lock_file: str = spec("/run/lbsync.lock", text)
+    lock_timeout: float = spec(30.0, number(0, 3600))
+    state_dir: str = spec("/var/lib/lbsync", text)
+    log_level: str = spec("info", choice(*LOG_LEVELS))
+    syslog: bool = spec(True, rules.boolean)
     agent: AgentSettings = field(default_factory=AgentSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
 
-    def __post_init__(self) -> None:
-        _validate(self)
+
+SECTIONS: dict[str, type] = {"agent": AgentSettings, "daemon": DaemonSettings, "autoscale": AutoscaleSettings}
 
 
-SECTIONS = {"agent": AgentSettings, "daemon": DaemonSettings, "autoscale": AutoscaleSettings}
+def fields_of(cls: type) -> dict[str, Parse]:
+    """Key -> rule for the plain fields of a settings class (tables excluded)."""
+    return {f.name: f.metadata["parse"] for f in dataclasses.fields(cls) if "parse" in f.metadata}
 
 
-def load(
-    path: str | os.PathLike | None = None,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Build Settings from the layers. `overrides` uses dotted keys for tables ("agent.port")."""
-    env = os.environ if env is None else env
-    explicit = path or env.get("LBSYNC_CONFIG")
-    config_path = Path(explicit) if explicit else DEFAULT_CONFIG
-    layers = _read_toml(config_path, required=bool(explicit))
-    _merge(layers, _from_env(env))
-    _merge(layers, _nest(overrides or {}))
-    return _build(layers, str(config_path))
-
-
-def _read_toml(path: Path, required: bool) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"config file {path} does not exist") from None
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-
-
-def _from_env(env: Mapping[str, str]) -> dict:
-    """LBSYNC_* variables as a nested dict of strings (converted later with the other layers)."""
-    out: dict = {}
-    for name, value in env.items():
-        if not name.startswith("LBSYNC_") or name == "LBSYNC_CONFIG":
-            continue
-        key = name[len("LBSYNC_"):].lower()
-        table = next((t for t in SECTIONS if key.startswith(t + "_")), None)
-        if table and key[len(table) + 1:] in _field_types(SECTIONS[table]):
-            out.setdefault(table, {})[key[len(table) + 1:]] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _nest(overrides: Mapping[str, Any]) -> dict:
-    out: dict = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        table, _, sub = key.rpartition(".")
-        (out.setdefault(table, {}) if table else out)[sub] = value
-    return out
-
-
-def _merge(base: dict, top: dict) -> None:
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-def _build(values: dict, source: str) -> Settings:
-    tables = {}
-    for table, cls in SECTIONS.items():
-        raw = values.pop(table, {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: [{table}] must be a table")
-        tables[table] = cls(**_convert(cls, raw, f"{source}: {table}."))
-    try:
-        return Settings(**_convert(Settings, values, f"{source}: "), **tables)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in SECTIONS}
-
-
-def _convert(cls: type, raw: dict, where: str) -> dict:
-    types_ = _field_types(cls)
-    unknown = sorted(set(raw) - set(types_))
+def build(cls: type, raw: dict, tables: dict | None = None) -> Any:
+    """An instance of `cls` from raw values; the first bad one raises SettingError naming its key."""
+    prefix = f"{cls.TABLE}." if cls.TABLE else ""
+    rule_of = fields_of(cls)
+    unknown = sorted(set(raw) - set(rule_of))
     if unknown:
-        raise ConfigError(f"{where}unknown key {unknown[0]!r} (known: {', '.join(sorted(types_))})")
-    return {key: _coerce(value, types_[key], f"{where}{key}") for key, value in raw.items()}
-
-
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Turn a TOML value or an environment string into the field's type, or say why not."""
-    if typing.get_origin(kind) is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(str(item).strip() for item in items if str(item).strip())
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kind in (int, float):
+        raise SettingError(prefix + unknown[0], _unknown(unknown[0], rule_of))
+    values = {}
+    for key, value in raw.items():
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if isinstance(kind, types.UnionType) or kind is not str:
-        raise ConfigError(f"{where}: unsupported type {kind}")
-    return str(value)
-
-
-def _validate(settings: Settings) -> None:
-    if settings.algorithm not in ALGORITHMS:
-        raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {settings.algorithm!r}")
-    if not _is_nginx_name(settings.role):
-        raise ConfigError(f"role {settings.role!r}: use letters, digits, _ and -")
-    if not _is_nginx_name(settings.upstream_name):
-        raise ConfigError(f"upstream_name {settings.upstream_name!r}: use letters, digits, _ and -")
-    if not 0 <= settings.keepalive <= 10000:
-        raise ConfigError(f"keepalive must be 0..10000, not {settings.keepalive}")
-    if any(ch in settings.hash_key for ch in ";{}\n'\"\\"):
-        raise ConfigError(f"hash_key {settings.hash_key!r} contains characters nginx would misread")
-    for cidr in settings.allowed_networks:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ConfigError(f"allowed_networks: {cidr!r} is not a network (CIDR)") from None
-    for listen in settings.lb_listen:
-        try:
-            split_hostport(listen)
+            values[key] = rule_of[key](value)
         except ValueError as exc:
-            raise ConfigError(f"lb_listen: {exc}") from None
+            raise SettingError(prefix + key, str(exc)) from None
+    return cls(**values, **(tables or {}))
 
 
-def _is_nginx_name(text: str) -> bool:
-    return bool(text) and all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in text)
+def _unknown(key: str, known: dict) -> str:
+    import difflib
 
-
-def split_hostport(text: str) -> tuple[str, int]:
-    """'127.0.0.1:7373' or '[::1]:80' -> (host, port); raises ValueError with the reason."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not host:port")
-    return host.strip("[]"), int(port)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+    return f"unknown key; {hint}"

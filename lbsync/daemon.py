@@ -24,33 +24,44 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import metrics
-from .config import DEFAULT_CONFIG, Settings
+from . import metrics, sync
+from .config import Settings
 from .errors import LbsyncError, SourceError
 from .health import Checker, targets_for
+from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, throttle_left
-from .sync import Outcome, reconcile
+from .plan import Outcome, SyncResult
+from .serf import SerfClient, connect
 
 log = logging.getLogger("lbsync")
 
+Reconcile = Callable[..., SyncResult]
 
-def main(settings: Settings, args: argparse.Namespace) -> int:
-    from .config import load
 
-    overrides = args.overrides
-    config = args.config or os.environ.get("LBSYNC_CONFIG") or str(DEFAULT_CONFIG)
-    daemon = Daemon(settings, lambda: load(args.config, overrides=overrides), config)
-    return daemon.run()
+def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    """`lbsync run`: follow Serf until SIGTERM; SIGHUP re-reads the same layers."""
+    def reload_settings() -> Settings:
+        return load(args.config, overrides=args.overrides, flags=args.flags)
+
+    path = str(config_path(args.config, os.environ)[0])
+    return Daemon(settings, reload_settings, path).run()
 
 
 class Daemon:
-    """The loop's state: the Serf connection, the last snapshot, what is pending and why."""
+    """The loop's state: the Serf connection, the last snapshot, what is pending and why.
 
-    def __init__(self, settings: Settings, load_settings: Callable[[], Settings], config_path: str):
+    `client_factory` and `reconcile` are the seams tests drive the loop through (a fake Serf
+    client, a recording pipeline); by default they are the real ones.
+    """
+
+    def __init__(self, settings: Settings, load_settings: Callable[[], Settings], config_path: str,
+                 client_factory: Callable[[Settings], SerfClient] = connect,
+                 reconcile: Reconcile = sync.reconcile):
         self.settings = settings
         self.load_settings = load_settings
         self.config_path = config_path
-        self.client = None
+        self.client_factory, self.reconcile = client_factory, reconcile
+        self.client: SerfClient | None = None
         self.records: list[dict] = []
         self.seen: tuple | None = None  # (member key, unhealthy) last observed
         self.debounce = Debounce()
@@ -133,11 +144,9 @@ class Daemon:
             self._reconcile(now)
 
     def _connect(self, now: float) -> bool:
-        from .serf import SerfClient
-
         s = self.settings
         try:
-            self.client = SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout)
+            self.client = self.client_factory(s)
         except SourceError as exc:
             self._lost(now, exc)
             return False
@@ -199,14 +208,14 @@ class Daemon:
         self.throttle_logged = False
         self.next_resync = now + self.settings.daemon.resync_interval
         try:
-            result = reconcile(self.settings, Snapshot(self.records), unhealthy=unhealthy)
+            result = self.reconcile(self.settings, Snapshot(self.records), unhealthy=unhealthy)
             log.debug("reconcile took %.0f ms, %.0f ms after the first change it covers",
                       (time.monotonic() - now) * 1000, waited * 1000)
         except LbsyncError as exc:
-            log.error("%s; the live upstream stays as it was", exc)
+            log.error("%s; retrying at the next change or resync", exc)
             self.view.record_error(exc, time.time())
         except Exception as exc:  # a bug must not take the LB's follower down; say what it was
-            log.error("reconcile failed unexpectedly (%s: %s); the live upstream stays as it was",
+            log.error("reconcile failed unexpectedly (%s: %s); retrying at the next change or resync",
                       type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self.view.record_error(exc, time.time())
         else:

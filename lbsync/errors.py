@@ -11,6 +11,8 @@ readable line and exit with a sysexits(3) code instead of a traceback::
     └── LockError       (75 EX_TEMPFAIL)    another lbsync run held the lock too long
 """
 
+from __future__ import annotations
+
 import os
 
 
@@ -33,19 +35,24 @@ class TemplateError(LbsyncError):
 
 
 class NginxError(LbsyncError):
-    """nginx -t refused a config. `output` carries nginx's own words."""
+    """nginx -t refused a config. `output` carries nginx's own words; `note` what lbsync did about it."""
 
     exit_code = os.EX_DATAERR
 
-    def __init__(self, message: str, output: str = ""):
+    def __init__(self, message: str, output: str = "", note: str = ""):
         super().__init__(message)
-        self.output = output
+        self.output, self.note = output, note
+
+    def noted(self, note: str) -> NginxError:
+        """The same error, same class, with what lbsync did about it appended."""
+        return type(self)(self.args[0], self.output, "; ".join(filter(None, (self.note, note))))
 
     def __str__(self) -> str:
         detail = self.output.strip().splitlines()
         emerg = [line for line in detail if "[emerg]" in line]
         tail = (emerg or detail or [""])[-1]
-        return f"{self.args[0]}: {tail}" if tail else self.args[0]
+        text = f"{self.args[0]}: {tail}" if tail else self.args[0]
+        return f"{text}; {self.note}" if self.note else text
 
 
 class ReloadError(NginxError):

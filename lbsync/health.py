@@ -31,7 +31,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class State:
+class BackendHealth:
     """Counters for one backend: streaks decide, `healthy` is the verdict."""
 
     healthy: bool = True
@@ -40,13 +40,13 @@ class State:
     error: str = ""
 
 
-def observe(state: State, ok: bool, error: str, rise: int, fall: int) -> State:
+def observe(state: BackendHealth, ok: bool, error: str, rise: int, fall: int) -> BackendHealth:
     """One probe result -> the next state. Pure, so the rise/fall rules are tested without sockets."""
     if ok:
         oks = state.oks + 1
-        return State(state.healthy or oks >= rise, oks, 0, "")
+        return BackendHealth(state.healthy or oks >= rise, oks, 0, "")
     fails = state.fails + 1
-    return State(state.healthy and fails < fall, 0, fails, error)
+    return BackendHealth(state.healthy and fails < fall, 0, fails, error)
 
 
 def probe(target: Target, path: str, timeout: float) -> str:
@@ -71,7 +71,7 @@ class Checker:
         self.settings = daemon_settings
         self._probe = probe_fn
         self._targets: tuple[Target, ...] = ()
-        self._states: dict[str, State] = {}
+        self._states: dict[str, BackendHealth] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +99,7 @@ class Checker:
     def snapshot(self) -> dict[str, dict]:
         """Per backend: verdict, streaks and last error, for daemon.json."""
         with self._lock:
-            states = {t.name: self._states.get(t.name, State()) for t in self._targets}
+            states = {t.name: self._states.get(t.name, BackendHealth()) for t in self._targets}
         return {n: {"healthy": s.healthy, "oks": s.oks, "fails": s.fails, "error": s.error}
                 for n, s in sorted(states.items())}
 
@@ -117,7 +117,7 @@ class Checker:
         with self._lock:
             if target not in self._targets:
                 return  # it left while being probed
-            before = self._states.get(target.name, State())
+            before = self._states.get(target.name, BackendHealth())
             after = observe(before, not error, error, cfg.health_rise, cfg.health_fall)
             self._states[target.name] = after
         if before.healthy and not after.healthy:

@@ -20,12 +20,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PACKAGE_TEMPLATES, AgentSettings, Settings, load, split_hostport
+from . import rules
+from .config import PACKAGE_TEMPLATES, AgentSettings, Settings, gossip_key
 from .errors import ConfigError, InstallError, LbsyncError
+from .files import write_atomic
+from .layers import load
+from .rules import DEFAULT_RPC_ADDR as RPC_ADDR
+from .rules import SERF_PORT, split_hostport
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"  # a checkout or an editable install
-SERF_PORT = 7946
-RPC_ADDR = "127.0.0.1:7373"  # the agent's RPC never listens on the network
 UPSTREAM = "/etc/nginx/conf.d/lbs_upstream.conf"
 ERROR_ROOT = "/usr/share/lbsync"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
@@ -66,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--dry-run", action="store_true", help="report what would change; write nothing")
 
 
-def main(settings: Settings | None, args: argparse.Namespace) -> int:
+def run_install(settings: Settings | None, args: argparse.Namespace) -> int:
     """CLI entry (`lbsync install`): settings are unused; this step writes the config."""
     targets = plan(args)
     changes = apply(targets, Path(args.root), args.dry_run)
@@ -198,8 +201,10 @@ def secrets_for(directory: Path, create: bool, serf_bin: str = "serf") -> dict[s
             raise ConfigError(f"{path} is missing: copy the secrets directory from the LB") from None
         if not out[name]:
             raise ConfigError(f"{path} is empty")
-    if len(_b64(out["serf.key"])) not in (16, 24, 32):
-        raise ConfigError(f"{directory}/serf.key is not a serf key (base64 of 16, 24 or 32 bytes)")
+    try:
+        gossip_key(out["serf.key"])
+    except ValueError as exc:
+        raise ConfigError(f"{directory}/serf.key {exc}") from None
     return out
 
 
@@ -222,15 +227,6 @@ def _keygen(serf_bin: str) -> str:
     return done.stdout.strip()
 
 
-def _b64(text: str) -> bytes:
-    import base64
-
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        return b""
-
-
 def _site(listen: list[str], settings: Settings) -> bytes:
     from .render import render
 
@@ -240,10 +236,11 @@ def _site(listen: list[str], settings: Settings) -> bytes:
 
 def _empty_upstream(settings: Settings) -> bytes:
     """What `lbsync sync` renders for no members, so nginx starts valid and the first sync is a no-op."""
-    from .members import Policy, select
-    from .sync import candidate_for
+    from .drivers.reload import render_upstream
+    from .members import select
+    from .plan import Plan
 
-    return candidate_for(settings, select([], Policy.from_settings(settings)), frozenset()).encode()
+    return render_upstream(Plan.of(settings, select([], settings))).encode()
 
 
 def _checked(text: str, role: str) -> Settings:
@@ -291,22 +288,10 @@ def _read(path: Path) -> bytes:
 
 
 def _write(path: Path, content: bytes, mode: int) -> None:
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink():
         path.unlink()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, content, mode=mode)
 
 
 def _address(text: str, flag: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -360,9 +345,10 @@ def _listen(items: list[str], ip) -> tuple[list[str], list[str]]:
 
 
 def _name(text: str) -> str:
-    if not text or not all(ch.isascii() and (ch.isalnum() or ch in "._-") for ch in text):
-        raise ConfigError(f"--node-name {text!r}: use letters, digits, '.', '_' and '-'")
-    return text
+    try:
+        return rules.node_name(text)
+    except ValueError as exc:
+        raise ConfigError(f"--node-name: {exc}") from None
 
 
 def standalone(argv: list[str] | None = None) -> int:
@@ -371,7 +357,7 @@ def standalone(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return main(None, args)
+        return run_install(None, args)
     except LbsyncError as exc:
         print(f"lbsync install: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,20 +8,18 @@ that fails a check becomes a `Skip` with a reason an operator can act on.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import split_hostport
+from . import rules
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-INT_RE = re.compile(r"[0-9]{1,6}")
-TRUE = ("1", "true", "yes", "on")
-FALSE = ("0", "false", "no", "off", "")
 NO_BACKUP_ALGORITHMS = ("ip_hash", "hash")  # nginx refuses `backup` with these
 
 
@@ -57,20 +55,6 @@ class Skip:
 
 
 @dataclass(frozen=True)
-class Policy:
-    """What the LB accepts as a backend (from Settings)."""
-
-    role: str = "web"
-    allowed_networks: tuple[str, ...] = ()
-    lb_listen: tuple[str, ...] = ()
-    algorithm: str = "round_robin"
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> Policy:
-        return cls(settings.role, settings.allowed_networks, settings.lb_listen, settings.algorithm)
-
-
-@dataclass(frozen=True)
 class Selection:
     """The outcome of `select`: what to render, what was refused, and the rest by status."""
 
@@ -79,36 +63,38 @@ class Selection:
     by_status: dict[str, tuple[str, ...]]
 
 
-# (tag, low, high): integer tags and their bounds
-INT_TAGS = (("port", 1, 65535), ("weight", 1, 256), ("max_fails", 0, 1000),
-            ("fail_timeout", 1, 3600), ("max_conns", 0, 100000))
+# (tag, (low, high)): integer tags and their bounds
+INT_TAGS = (("port", rules.PORT), ("weight", rules.WEIGHT), ("max_fails", rules.MAX_FAILS),
+            ("fail_timeout", rules.FAIL_TIMEOUT), ("max_conns", rules.MAX_CONNS))
 
 
 def parse(raw: dict) -> Member:
     """One Serf member record -> Member. Raises ValueError with the reason to log."""
     name = raw.get("Name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError(f"name {name!r} is not [A-Za-z0-9._-], 1-128 characters")
+    try:
+        rules.node_name(name)
+    except ValueError as exc:
+        raise ValueError(f"name {exc}") from None
     tags = raw.get("Tags") or {}
     if not isinstance(tags, dict):
         raise ValueError("tags are not a map")
     values: dict[str, Any] = {}
-    for tag, low, high in INT_TAGS:
+    for tag, (low, high) in INT_TAGS:
         if tag in tags:
-            values[tag] = _bounded_int(tag, tags[tag], low, high)
+            values[tag] = _tag(tag, tags[tag], lambda v: rules.bounded_int(_seconds(tag, v), low, high))
     return Member(
-        name=name,
+        name=str(name),
         addr=_address(raw.get("Addr")),
         status=str(raw.get("Status", "")),
         role=str(tags.get("role", "")),
-        draining=_flag("drain", tags.get("drain", "")),
-        backup=_flag("backup", tags.get("backup", "")),
+        draining=_tag("drain", tags.get("drain", ""), rules.boolean),
+        backup=_tag("backup", tags.get("backup", ""), rules.boolean),
         **values,
     )
 
 
-def select(records: Iterable[dict], policy: Policy) -> Selection:
-    """Keep alive members with our role that pass every check, sorted by name."""
+def select(records: Iterable[dict], policy: Settings) -> Selection:
+    """Keep alive members with our role that pass every check of `policy`, sorted by name."""
     checks = _Checks(policy)
     backends: dict[str, Member] = {}
     skipped: list[Skip] = []
@@ -139,9 +125,9 @@ def select(records: Iterable[dict], policy: Policy) -> Selection:
 class _Checks:
     """The policy's checks, with its networks and listen addresses parsed once per select()."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Settings):
         self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in policy.allowed_networks]
-        self.listen = [split_hostport(listen) for listen in policy.lb_listen]
+        self.listen = [rules.split_hostport(listen) for listen in policy.lb_listen]
         self.no_backup = policy.algorithm in NO_BACKUP_ALGORITHMS
         self.algorithm = policy.algorithm
 
@@ -185,19 +171,18 @@ def _address(value: Any) -> IPAddress:
     return addr
 
 
-def _bounded_int(tag: str, value: Any, low: int, high: int) -> int:
+def _seconds(tag: str, value: Any) -> Any:
+    """nginx writes fail_timeout with a unit; accept `10s` as well as `10`."""
     text = str(value)
-    if tag == "fail_timeout" and text.endswith("s"):
-        text = text[:-1]
-    if not INT_RE.fullmatch(text) or not low <= int(text) <= high:
-        raise ValueError(f"tag {tag}={value!r} is not an integer in {low}..{high}")
-    return int(text)
+    return text[:-1] if tag == "fail_timeout" and text.endswith("s") else value
 
 
-def _flag(tag: str, value: Any) -> bool:
-    text = str(value).strip().lower()
-    if text in TRUE:
-        return True
-    if text in FALSE:
-        return False
-    raise ValueError(f"tag {tag}={value!r} is not 1/true or 0/false")
+def _tag(tag: str, value: Any, parse) -> Any:
+    try:
+        return parse(value)
+    except ValueError:
+        raise ValueError(f"tag {tag}={value!r} is not {_ALLOWED[tag]}") from None
+
+
+_ALLOWED = {tag: f"an integer in {low}..{high}" for tag, (low, high) in INT_TAGS}
+_ALLOWED |= {"drain": "1/true or 0/false", "backup": "1/true or 0/false"}

@@ -7,7 +7,6 @@ sees half a file. A failure to write them is logged and never stops the daemon.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,7 +14,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sync import SyncResult, write_atomic
+from . import state
+from .files import write_atomic
+from .plan import SyncResult
 
 log = logging.getLogger("lbsync")
 
@@ -121,8 +122,7 @@ def publish(settings, view: View) -> None:
     """Write daemon.json and the metrics file atomically; log, never raise, on failure."""
     now = time.time()
     try:
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(settings.state_dir) / "daemon.json", json.dumps(to_json(view, now), indent=1))
+        state.write(settings.state_dir, state.DAEMON, to_json(view, now))
         if settings.daemon.metrics_file:
             write_atomic(Path(settings.daemon.metrics_file), to_prometheus(view, now))
     except OSError as exc:

@@ -1,8 +1,12 @@
-"""Render a Jinja2 template to text.
+"""Render a Jinja2 template to text, and the fingerprint header of every file lbsync manages.
 
 Jinja2 costs tens of milliseconds to import, and Serf runs handlers serially, so it is imported
-only when something has to be rendered. One Environment per template directory is kept for the
-life of the process; it re-reads a template whose file changed (the daemon's hot reload).
+only when something has to be rendered. A managed file's first line is
+`# lbsync fingerprint=<inputs> body=<body>`: a digest of the template bytes and the render
+context, and of the body. Equal inputs render equal bytes, so comparing the header tells whether
+the live file is current without Jinja2; a hand-edited body no longer matches its digest, so it
+is noticed and repaired. One Environment per template directory is kept for the life of the
+process; it re-reads a template whose file changed (the daemon's hot reload).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TemplateError
+
+HEADER = "# lbsync fingerprint={inputs} body={body}\n"
 
 
 def render(template: str | Path, context: dict[str, Any]) -> str:
@@ -43,6 +49,24 @@ def fingerprint(template: str | Path, context: dict[str, Any]) -> str:
     digest = hashlib.sha256(source)
     digest.update(json.dumps(context, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
+
+
+def managed(template: str | Path, context: dict[str, Any], inputs: str) -> str:
+    """The whole managed file: header line, then the rendered body."""
+    body = render(template, context)
+    return HEADER.format(inputs=inputs, body=digest(body)) + body
+
+
+def is_current(live: str | None, inputs: str) -> bool:
+    """True when `live` is exactly what inputs with this fingerprint render to, body untouched."""
+    if live is None:
+        return False
+    first, _, body = live.partition("\n")
+    return first + "\n" == HEADER.format(inputs=inputs, body=digest(body))
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @lru_cache(maxsize=8)

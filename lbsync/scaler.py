@@ -5,35 +5,31 @@ query at once (nodes that do not answer are logged and simply carry no load); th
 short history; then, under an flock in state_dir, the state is re-read from
 state_dir/autoscale.json, `decide` runs, and its action runs. The state is written atomically
 before a command starts (cooldown and the launched node recorded) and again after it ends, so
-neither a restart nor a second autoscaler on the same state_dir can double-fire.
-
-Commands run without a shell, in their own session, with a timeout after which the whole group
-is killed; output goes to a temp file, not a pipe, so a command that leaves a daemon behind (a
-lab boot script) does not keep us waiting.
+neither a restart nor a second autoscaler on the same state_dir can double-fire. The commands
+themselves run through `lbsync.commands`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shlex
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 from . import autoscale
-from .autoscale import IN, OUT, Decision, Node, Policy, Sample, State
-from .config import Settings
+from . import state as state_files
+from .autoscale import IN, OUT, Decision, Node, Sample, ScaleState
+from .commands import command_env, expand, one_line, run_command
+from .config import AutoscaleSettings, Settings
 from .errors import ConfigError, LockError, SourceError
-from .members import Policy as MemberPolicy
+from .files import locked
 from .members import select
-from .sync import locked, write_atomic
+from .serf import connect
 
 log = logging.getLogger("lbsync")
 
@@ -41,7 +37,7 @@ MAX_LOAD = 1000.0  # a normalised load above this is a broken answer, not a busy
 GONE_POLL = 0.5  # how often to look whether a drained node has left
 
 
-def main(settings: Settings, args: object) -> int:
+def run_autoscaler(settings: Settings, args: object) -> int:
     conf = settings.autoscale
     if not conf.dry_run and not (shlex.split(conf.scale_out_command) and shlex.split(conf.scale_in_command)):
         raise ConfigError("autoscale needs autoscale.scale_out_command and autoscale.scale_in_command "
@@ -57,10 +53,9 @@ class Scaler:
 
     def __init__(self, settings: Settings):
         self.settings, self.conf = settings, settings.autoscale
-        self.policy = Policy.from_settings(self.conf)
         self.history: deque[Sample] = deque(maxlen=self.conf.sustain)
-        self.state_path = Path(settings.state_dir) / "autoscale.json"
-        self.dry_state = State()
+        self.state_path = state_files.path(settings.state_dir, state_files.AUTOSCALE)
+        self.dry_state = ScaleState()
 
     def run(self, stop: threading.Event) -> None:
         """Tick every `interval` (start to start) until `stop` is set; an action always finishes."""
@@ -93,9 +88,9 @@ class Scaler:
 
     def decide_and_act(self, sample: Sample) -> None:
         state = self.dry_state if self.conf.dry_run else self.load_state()
-        decision = autoscale.decide(state, list(self.history), self.policy)
+        decision = autoscale.decide(state, list(self.history), self.conf)
         log.info("sample: %s", describe_sample(sample, decision.state))
-        log.info("decision: %s", describe_decision(decision, self.policy))
+        log.info("decision: %s", describe_decision(decision, self.conf))
         state = decision.state
         if decision.action in (OUT, IN):
             state = self.act(decision, state)
@@ -105,7 +100,7 @@ class Scaler:
         else:
             self.save(state, decision, sample)
 
-    def act(self, decision: Decision, state: State) -> State:
+    def act(self, decision: Decision, state: ScaleState) -> ScaleState:
         state = autoscale.begin(state, decision, time.time())
         if self.conf.dry_run:
             names = ", ".join(node.name for node in decision.nodes)
@@ -124,14 +119,12 @@ class Scaler:
 
     def sample(self) -> Sample:
         """Alive web nodes (validated like the LB does) and their answers to one load query."""
-        from .serf import SerfClient
-
         s = self.settings
-        with SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout) as client:
+        with connect(s) as client:
             records = client.members_filtered(tags={"role": s.role}, status="alive")
             answers = client.query(s.agent.load_query, timeout=self.conf.query_timeout,
                                    filter_tags={"role": s.role})
-        selection = select(records, MemberPolicy.from_settings(s))
+        selection = select(records, s)
         for skip in selection.skipped:
             log.warning("autoscale: not counting member %s: %s", skip.name, skip.reason)
         return Sample(time.time(), {m.name: parse_load(answers.get(m.name))
@@ -173,13 +166,10 @@ class Scaler:
 
     def wait_gone(self, name: str) -> bool:
         """Poll (bounded by command_timeout) until Serf no longer reports `name` alive."""
-        from .serf import SerfClient
-
-        s = self.settings
         deadline = time.monotonic() + self.conf.command_timeout
         while time.monotonic() < deadline:
             try:
-                with SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout) as client:
+                with connect(self.settings) as client:
                     if not client.members_filtered(name=_anchored(name), status="alive"):
                         return True
             except SourceError as exc:
@@ -189,27 +179,25 @@ class Scaler:
 
     def forget(self, name: str) -> None:
         """Remove a destroyed node from Serf's member list so its name can be reused at once."""
-        from .serf import SerfClient
-
-        s = self.settings
         try:
-            with SerfClient(s.rpc_addr, s.rpc_auth, s.rpc_timeout) as client:
+            with connect(self.settings) as client:
                 client.force_leave(name, prune=True)
         except SourceError as exc:
             log.warning("autoscale: force-leave %s: %s (Serf reaps it later)", name, exc)
 
     # -- state --------------------------------------------------------------------------------
 
-    def load_state(self) -> State:
+    def load_state(self) -> ScaleState:
+        if not self.state_path.exists():
+            return ScaleState()
+        data = state_files.read(self.settings.state_dir, state_files.AUTOSCALE) or {}
         try:
-            return State.from_json(json.loads(self.state_path.read_text())["state"])
-        except FileNotFoundError:
-            return State()
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+            return ScaleState.from_json(data["state"])
+        except (ValueError, TypeError, KeyError) as exc:
             log.warning("autoscale: ignoring unreadable %s (%s); starting afresh", self.state_path, exc)
-            return State()
+            return ScaleState()
 
-    def save(self, state: State, decision: Decision, sample: Sample | None) -> None:
+    def save(self, state: ScaleState, decision: Decision, sample: Sample | None) -> None:
         """Atomically; `lbsync status` prints this file."""
         data = {"state": state.to_json(), "updated": time.time(),
                 "decision": {"action": decision.action, "reason": decision.reason,
@@ -217,7 +205,7 @@ class Scaler:
         if sample is not None:
             data["loads"] = dict(sample.loads)
         try:
-            write_atomic(self.state_path, json.dumps(data, indent=1, sort_keys=True))
+            state_files.write(self.settings.state_dir, state_files.AUTOSCALE, data, durable=True)
         except OSError as exc:
             log.error("autoscale: cannot save %s: %s", self.state_path, exc.strerror or exc)
 
@@ -231,44 +219,7 @@ def parse_load(raw: bytes | None) -> float | None:
     return load if math.isfinite(load) and 0 <= load <= MAX_LOAD else None
 
 
-def expand(template: str, node: Node) -> list[str]:
-    """Split like a shell (no shell runs), then fill {index} and {name} (validated names only)."""
-    index = "" if node.index is None else str(node.index)
-    return [word.replace("{index}", index).replace("{name}", node.name) for word in shlex.split(template)]
-
-
-def command_env(environ: dict, node: Node) -> dict:
-    """The autoscaler's environment minus its own LBSYNC_* settings (a command that starts
-    `lbsync agent` must not inherit the LB's), plus AUTOSCALE_NAME and AUTOSCALE_INDEX."""
-    env = {key: value for key, value in environ.items() if not key.startswith("LBSYNC_")}
-    index = "" if node.index is None else str(node.index)
-    return {**env, "AUTOSCALE_NAME": node.name, "AUTOSCALE_INDEX": index}
-
-
-def run_command(argv: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
-    """(exit status or None on timeout, output). The whole process group dies at the timeout."""
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
-        except OSError as exc:
-            return 127, f"cannot run {argv[0]}: {exc.strerror or exc}"
-        try:
-            code: int | None = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            code = None
-        out.seek(0)
-        return code, out.read(65536).decode(errors="replace")
-
-
-def one_line(output: str, limit: int = 600) -> str:
-    text = " | ".join(line.strip() for line in output.strip().splitlines() if line.strip())
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def describe_sample(sample: Sample, state: State) -> str:
+def describe_sample(sample: Sample, state: ScaleState) -> str:
     fleet = autoscale.fleet_load(sample, state)
     marks = {node.name: "warming" for node in state.warming} | {n.name: "removing" for n in state.removing}
     parts = [f"{name}={marks.get(name) or ('no answer' if load is None else f'{load:.2f}')}"
@@ -278,7 +229,7 @@ def describe_sample(sample: Sample, state: State) -> str:
     return f"fleet load {shown}; nodes {len(sample.loads)}: {' '.join(parts) or '-'}"
 
 
-def describe_decision(decision: Decision, policy: Policy) -> str:
+def describe_decision(decision: Decision, policy: AutoscaleSettings) -> str:
     what = decision.action
     if decision.nodes:
         what += " " + ",".join(node.name for node in decision.nodes)

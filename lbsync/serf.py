@@ -21,14 +21,13 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import msgpack
 
-from lbsync.config import split_hostport
-from lbsync.errors import SourceError
+from .errors import SourceError
+from .rules import DEFAULT_RPC_ADDR, split_hostport
 
-DEFAULT_ADDR = "127.0.0.1:7373"
 MEMBER_EVENTS = "member-join,member-leave,member-failed,member-update,member-reap"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -130,7 +129,7 @@ class Stream:
 class SerfClient:
     """One RPC connection to a Serf agent. Not thread-safe: use one client per thread."""
 
-    def __init__(self, addr: str = DEFAULT_ADDR, auth: str = "", timeout: float = 5.0):
+    def __init__(self, addr: str = DEFAULT_RPC_ADDR, auth: str = "", timeout: float = 5.0):
         self.addr, self.timeout = addr, timeout
         self._seq = 0
         self._pending: tuple[int, str] | None = None  # the one request awaiting its reply
@@ -326,3 +325,26 @@ class SerfClient:
 
 
 _TIMEOUT = object()
+
+
+class RpcTarget(Protocol):
+    """Settings that say where a Serf agent's RPC is: the LB's core settings or a web node's."""
+
+    rpc_addr: str
+    rpc_auth: str
+
+
+def connect(target: RpcTarget) -> SerfClient:
+    """The one way lbsync opens an RPC connection: address, token and timeout from settings."""
+    return SerfClient(target.rpc_addr, target.rpc_auth, getattr(target, "rpc_timeout", 5.0))
+
+
+class SerfSource:
+    """Members of our role from the local Serf agent: one connection per snapshot."""
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+
+    def members(self) -> list[dict]:
+        with connect(self.settings) as client:
+            return client.members_filtered(tags={"role": self.settings.role})

@@ -1,7 +1,8 @@
 """`lbsync status`: what Serf reports, what is rendered, what is skipped and why, recent results.
 
 Reads only: the Serf agent (all members of our role, every status) and the state files that the
-hook, the daemon and the autoscaler leave in `state_dir`.
+hook, the daemon and the autoscaler leave in `state_dir`. Names and reasons come from the
+network, so every one is escaped before it reaches the terminal.
 """
 
 from __future__ import annotations
@@ -10,43 +11,44 @@ import argparse
 import json
 import time
 
+from . import state
 from .config import Settings
-from .members import Policy, select
-from .sync import SerfSource, load_state
+from .members import select
+from .rules import printable
 
-STATE_FILES = (("daemon", "daemon.json"), ("autoscale", "autoscale.json"))
+STATE_FILES = (("daemon", state.DAEMON), ("autoscale", state.AUTOSCALE))
 
 
-def main(settings: Settings, args: argparse.Namespace) -> int:
-    print(report(settings, SerfSource(settings).members()))
+def show_status(settings: Settings, args: argparse.Namespace) -> int:
+    print(report(settings, args.source_factory(settings).members()))
     return 0
 
 
 def report(settings: Settings, records: list[dict]) -> str:
-    selection = select(records, Policy.from_settings(settings))
+    selection = select(records, settings)
     lines = [f"serf agent {settings.rpc_addr}, role {settings.role!r}:"]
     for status in sorted(selection.by_status):
-        lines.append(f"  {status:<8} {', '.join(selection.by_status[status])}")
+        names = ", ".join(printable(name) for name in selection.by_status[status])
+        lines.append(f"  {printable(status):<8} {names}")
     if not selection.by_status:
         lines.append("  (no member has this role)")
     rendered = ", ".join(f"{m.name} {m.endpoint}{' (draining)' if m.draining else ''}"
                          for m in selection.backends)
     lines.append(f"rendered ({len(selection.backends)}): {rendered or 'none'}")
     for skip in selection.skipped:
-        lines.append(f"skipped  {skip.name}: {skip.reason}")
+        lines.append(f"skipped  {printable(skip.name)}: {printable(skip.reason)}")
     lines.append(_last_sync(settings))
     for title, name in STATE_FILES:
-        state = load_state(settings, name)
-        if state is not None:
-            lines.append(f"{title}: " + json.dumps(state, sort_keys=True))
+        data = state.read(settings.state_dir, name)
+        if data is not None:
+            lines.append(f"{title}: " + printable(json.dumps(data, sort_keys=True), limit=100000))
     return "\n".join(lines)
 
 
 def _last_sync(settings: Settings) -> str:
-    state = load_state(settings)
-    if state is None:
+    data = state.read(settings.state_dir, state.LAST_SYNC)
+    if data is None:
         return f"last sync: none recorded in {settings.state_dir}"
-    age = time.time() - state.get("time", 0)
-    return (f"last sync: {state.get('outcome')} {age:.0f} s ago, "
-            f"{len(state.get('backends', []))} backends")
-
+    age = time.time() - data.get("time", 0)
+    return (f"last sync: {data.get('outcome')} {age:.0f} s ago, "
+            f"{len(data.get('backends', []))} backends")

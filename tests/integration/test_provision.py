@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 from realparts import ROOT, Proc, Processes, connects, died, free_port, require, wait_until
 
-from lbsync.config import load
-from lbsync.members import Policy, select
-from lbsync.sync import candidate_for
+from lbsync.layers import load
+from lbsync.drivers.reload import render_upstream
+from lbsync.members import select
+from lbsync.plan import Plan
 
 pytestmark = pytest.mark.integration
 
@@ -213,10 +214,10 @@ def test_nginx_accepts_the_lb_site_with_rendered_upstreams(roots):
     records = [{"Name": f"web{n}", "Addr": f"192.168.56.{10 + n}", "Status": "alive",
                 "Tags": {"role": "web", "port": "80", "weight": str(n)}} for n in (1, 2)]
     records.append({"Name": "stray", "Addr": "10.9.9.9", "Status": "alive", "Tags": {"role": "web"}})
-    selection = select(records, Policy.from_settings(settings))
+    selection = select(records, settings)
     assert [m.name for m in selection.backends] == ["web1", "web2"]  # allowed_networks at work
     upstream = roots.lb / "etc/nginx/conf.d/lbs_upstream.conf"
-    upstream.write_text(candidate_for(settings, selection, frozenset()))
+    upstream.write_text(render_upstream(Plan.of(settings, selection)))
     done = nginx_test(roots.lb, roots.tmp)
     assert done.returncode == 0, done.stderr
     assert "192.168.56.12:80 weight=2" in upstream.read_text() and "10.9.9.9" not in upstream.read_text()

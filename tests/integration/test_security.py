@@ -20,10 +20,11 @@ import pytest
 from realparts import Proc, Processes, free_port, require, wait_until
 
 from lbsync import install
-from lbsync.config import load
+from lbsync.layers import load
 from lbsync.errors import SourceError
-from lbsync.members import Policy, select
-from lbsync.sync import candidate_for
+from lbsync.drivers.reload import render_upstream
+from lbsync.members import select
+from lbsync.plan import Plan
 
 pytestmark = pytest.mark.integration
 
@@ -179,8 +180,8 @@ def test_a_member_outside_the_allowed_network_is_never_rendered(procs, lb):
 
     settings = load(lb.root / "etc/lbsync/lbsync.toml", env={})
     with SerfClient(lb.node.rpc_addr, settings.rpc_auth, timeout=5) as client:
-        selection = select(client.members(), Policy.from_settings(settings))
+        selection = select(client.members(), settings)
     assert [m.name for m in selection.backends] == ["web1"]
     assert [s.name for s in selection.skipped] == ["stray"]
-    rendered = candidate_for(settings, selection, frozenset())
+    rendered = render_upstream(Plan.of(settings, selection))
     assert "127.0.0.7:80" in rendered and "127.0.0.99" not in rendered and "stray" not in rendered

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.agent import load_value, serf_argv, validate, wait_quiet, write_secrets
+from lbsync.agent import load_value, validate
+from lbsync.drain import wait_quiet
+from lbsync.serfagent import serf_argv, write_secrets
 from lbsync.config import AgentSettings
 from lbsync.errors import ConfigError
 
@@ -27,11 +29,11 @@ def agent(**changes) -> AgentSettings:
 
 @pytest.mark.parametrize("changes, message", [
     ({"join": ()}, "agent.join is empty"),
-    ({"join": ("127.0.0.1:99999",)}, "agent.join '127.0.0.1:99999'"),
-    ({"port": 0}, "agent.port must be 1..65535"),
-    ({"port": 70000}, "agent.port must be 1..65535"),
-    ({"weight": 0}, "agent.weight must be 1..256"),
-    ({"weight": 1000}, "agent.weight must be 1..256"),
+    ({"join": ("127.0.0.1:99999",)}, "agent.join: '127.0.0.1:99999'"),
+    ({"port": 0}, "agent.port: 0 is not an integer in 1..65535"),
+    ({"port": 70000}, "agent.port: 70000 is not an integer in 1..65535"),
+    ({"weight": 0}, "agent.weight: 0 is not an integer in 1..256"),
+    ({"weight": 1000}, "agent.weight: 1000 is not an integer in 1..256"),
     ({"node_name": "web 1;"}, "agent.node_name"),
     ({"bind": "127.0.1.1"}, "agent.bind"),
     ({"rpc_addr": "nowhere"}, "agent.rpc_addr"),
@@ -50,7 +52,8 @@ def test_good_config_passes_bare_join_host_included():
 
 
 def test_serf_command_line_carries_tags_joins_and_config_but_no_secret(tmp_path):
-    settings = agent(join=("127.0.0.1:7946", "127.0.0.2:7946"), encrypt_key="k", rpc_auth="t",
+    key = "cg8StVXbQJ0gPvMd9o7yrg=="
+    settings = agent(join=("127.0.0.1:7946", "127.0.0.2:7946"), encrypt_key=key, rpc_auth="t",
                      serf_config="/etc/serf/extra.json")
     secrets = write_secrets(settings, str(tmp_path))
     argv = serf_argv(settings, secrets)
@@ -61,8 +64,8 @@ def test_serf_command_line_carries_tags_joins_and_config_but_no_secret(tmp_path)
                  ("-retry-join", "127.0.0.2:7946"), ("-config-file", "/etc/serf/extra.json"),
                  ("-config-file", secrets)]:
         assert pair in pairs
-    assert "k" not in argv and "t" not in argv
-    assert json.loads(Path(secrets).read_text()) == {"encrypt_key": "k", "rpc_auth": "t"}
+    assert key not in argv and "t" not in argv
+    assert json.loads(Path(secrets).read_text()) == {"encrypt_key": key, "rpc_auth": "t"}
     assert Path(secrets).stat().st_mode & 0o077 == 0
     assert write_secrets(GOOD, str(tmp_path)) == "" and "-advertise" not in serf_argv(GOOD)
 
@@ -91,8 +94,10 @@ def test_wait_quiet_restarts_the_window_on_activity_and_honours_abort():
 
 @pytest.mark.parametrize("args, message", [
     ([], "agent.join is empty"),
-    (["--join", "127.0.0.1:7946", "--port", "0"], "agent.port must be 1..65535"),
-    (["--join", "127.0.0.1:7946", "--weight", "heavy"], "agent.weight: expected a number"),
+    (["--join", "127.0.0.1:7946", "--port", "0"],
+     "agent.port (from flag --port): '0' is not an integer in 1..65535"),
+    (["--join", "127.0.0.1:7946", "--weight", "heavy"],
+     "agent.weight (from flag --weight): 'heavy' is not an integer"),
 ])
 def test_cli_refuses_bad_config_with_one_line_and_ex_config(args, message):
     env = {**os.environ, "PYTHONPATH": ROOT, "LBSYNC_CONFIG": os.devnull, "LBSYNC_SYSLOG": "false"}

@@ -1,18 +1,21 @@
 """decide() as tables of plain data: thresholds, hysteresis, sustain, cooldowns, warm-up, min/max,
 silent nodes, the empty fleet; plus the state round trip, the command helpers and bad config."""
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from lbsync.autoscale import HOLD, IN, OUT, Node, Policy, Sample, State, begin, decide, finish
+from lbsync.autoscale import HOLD, IN, OUT, Node, Sample, ScaleState, begin, decide, finish
+from lbsync.commands import command_env, expand, one_line, run_command
 from lbsync.config import AutoscaleSettings
 from lbsync.errors import ConfigError
-from lbsync.scaler import command_env, expand, one_line, parse_load, run_command
+from lbsync.scaler import parse_load
 
-P = Policy(min_size=1, max_size=4, scale_out_threshold=0.8, scale_in_threshold=0.3, sustain=3,
+P = AutoscaleSettings(min_size=1, max_size=4, scale_out_threshold=0.8, scale_in_threshold=0.3, sustain=3,
            cooldown_out=60, cooldown_in=120, warmup=30, step=1)
 T = 10_000.0  # "now" in every table
 
@@ -49,18 +52,18 @@ def low(names=("web1", "web2")):
      OUT, "load 0.85 > 0.80"),  # the fleet's mean, not one node
 ])
 def test_thresholds_hysteresis_and_sustain(window, action, reason):
-    decision = decide(State(), window, P)
+    decision = decide(ScaleState(), window, P)
     assert (decision.action, decision.size) == (action, 2)
     assert reason in decision.reason
 
 
 @pytest.mark.parametrize("state, window, action, reason", [
-    (State(last_out=T - 59), high(), HOLD, "scale-out cooling down for 1.0 s more"),
-    (State(last_out=T - 60), high(), OUT, ""),
-    (State(last_in=T - 1), high(), OUT, ""),  # a scale-in does not delay an urgent scale-out
-    (State(last_in=T - 119), low(), HOLD, "scale-in cooling down for 1.0 s more"),
-    (State(last_out=T - 119), low(), HOLD, "scale-in cooling down"),  # no scale-in right after out
-    (State(last_in=T - 120, last_out=T - 500), low(), IN, ""),
+    (ScaleState(last_out=T - 59), high(), HOLD, "scale-out cooling down for 1.0 s more"),
+    (ScaleState(last_out=T - 60), high(), OUT, ""),
+    (ScaleState(last_in=T - 1), high(), OUT, ""),  # a scale-in does not delay an urgent scale-out
+    (ScaleState(last_in=T - 119), low(), HOLD, "scale-in cooling down for 1.0 s more"),
+    (ScaleState(last_out=T - 119), low(), HOLD, "scale-in cooling down"),  # no scale-in right after out
+    (ScaleState(last_in=T - 120, last_out=T - 500), low(), IN, ""),
 ])
 def test_cooldowns(state, window, action, reason):
     decision = decide(state, window, P)
@@ -68,43 +71,43 @@ def test_cooldowns(state, window, action, reason):
 
 
 def test_scale_out_names_the_lowest_free_index_and_step_is_capped_by_max():
-    decision = decide(State(), high(("web1", "web3")), Policy(**{**vars(P), "step": 3}))
+    decision = decide(ScaleState(), high(("web1", "web3")), dataclasses.replace(P, step=3))
     assert [(n.name, n.index) for n in decision.nodes] == [("web2", 2), ("web4", 4)]
 
 
 def test_scale_in_picks_the_newest_managed_node():
     window = low(("web2", "web10", "web3", "base"))
-    decision = decide(State(), window, P)
+    decision = decide(ScaleState(), window, P)
     assert decision.action == IN and [n.name for n in decision.nodes] == ["web10"]
-    assert decide(State(), low(("base", "db")), P).reason.endswith("no removable node (names like 'web1', not warming)")
+    assert decide(ScaleState(), low(("base", "db")), P).reason.endswith("no removable node (names like 'web1', not warming)")
 
 
 @pytest.mark.parametrize("names, policy, action, count, reason", [
     ((), P, OUT, 1, "size 0 is below min_size 1"),  # empty fleet at start
-    ((), Policy(**{**vars(P), "min_size": 0}), HOLD, 0, "no web node"),
-    (("web1",), Policy(**{**vars(P), "min_size": 3}), OUT, 2, "size 1 is below min_size 3"),
-    (("web1", "web2", "web3"), Policy(**{**vars(P), "max_size": 2}), IN, 1, "above max_size 2"),
+    ((), dataclasses.replace(P, min_size=0), HOLD, 0, "no web node"),
+    (("web1",), dataclasses.replace(P, min_size=3), OUT, 2, "size 1 is below min_size 3"),
+    (("web1", "web2", "web3"), dataclasses.replace(P, max_size=2), IN, 1, "above max_size 2"),
 ])
 def test_min_and_max_enforced_even_at_start_without_load_data(names, policy, action, count, reason):
     window = samples({name: None for name in names})  # one sample, nobody answered
-    decision = decide(State(), window, policy)
+    decision = decide(ScaleState(), window, policy)
     assert (decision.action, len(decision.nodes)) == (action, count) and reason in decision.reason
 
 
 def test_below_min_respects_the_cooldown_of_a_failed_attempt():
-    decision = decide(State(last_out=T - 5), samples({}), P)
+    decision = decide(ScaleState(last_out=T - 5), samples({}), P)
     assert decision.action == HOLD and "below min_size" in decision.reason and "cooling" in decision.reason
 
 
 def test_at_max_and_at_min_hold():
-    assert "at max_size 4" in decide(State(), high(("web1", "web2", "web3", "web4")), P).reason
-    assert "at min_size 1" in decide(State(), low(("web1",)), P).reason
+    assert "at max_size 4" in decide(ScaleState(), high(("web1", "web2", "web3", "web4")), P).reason
+    assert "at min_size 1" in decide(ScaleState(), low(("web1",)), P).reason
 
 
 def test_warming_node_counts_toward_size_but_not_load():
-    state = State(last_out=T - 100, warming=(Node("web3", 3, T - 10),))
+    state = ScaleState(last_out=T - 100, warming=(Node("web3", 3, T - 10),))
     window = samples(*[{"web1": 0.9, "web2": 0.9, "web3": 0.0}] * 3)
-    decision = decide(state, window, Policy(**{**vars(P), "max_size": 3}))
+    decision = decide(state, window, dataclasses.replace(P, max_size=3))
     assert decision.action == HOLD and decision.size == 3 and decision.fleet_load == pytest.approx(0.9)
     assert "at max_size 3" in decision.reason
     booting = decide(state, samples(*[fleet(0.1)] * 3), P)  # not alive yet: still counted
@@ -112,7 +115,7 @@ def test_warming_node_counts_toward_size_but_not_load():
 
 
 def test_warm_node_counts_and_a_node_that_never_came_up_is_given_up():
-    state = State(last_out=T - 100, warming=(Node("web3", 3, T - 30),))
+    state = ScaleState(last_out=T - 100, warming=(Node("web3", 3, T - 30),))
     warm = decide(state, samples(*[{"web1": 0.9, "web2": 0.9, "web3": 0.0}] * 3), P)
     assert warm.state.warming == () and warm.fleet_load == pytest.approx(0.6)
     never = decide(state, high(), P)
@@ -122,27 +125,27 @@ def test_warm_node_counts_and_a_node_that_never_came_up_is_given_up():
 
 def test_node_that_stops_answering_counts_in_size_not_in_load():
     window = samples(*[{"web1": 0.9, "web2": None}] * 3)
-    decision = decide(State(), window, P)
+    decision = decide(ScaleState(), window, P)
     assert decision.action == OUT and decision.size == 2 and decision.fleet_load == pytest.approx(0.9)
-    silent = decide(State(), samples(*[{"web1": None, "web2": None}] * 3), P)
+    silent = decide(ScaleState(), samples(*[{"web1": None, "web2": None}] * 3), P)
     assert silent.action == HOLD and silent.reason == "no node answered the load query"
-    gap = decide(State(), samples(fleet(0.9), fleet(None), fleet(0.9)), P)
+    gap = decide(ScaleState(), samples(fleet(0.9), fleet(None), fleet(0.9)), P)
     assert gap.action == HOLD  # a sample without data breaks the sustained window
 
 
 def test_removing_node_is_neither_size_nor_load_and_done_once_gone():
-    state = State(last_in=T - 500, removing=(Node("web2", 2, T - 5),))
+    state = ScaleState(last_in=T - 500, removing=(Node("web2", 2, T - 5),))
     during = decide(state, samples(*[{"web1": 0.5, "web2": 0.0}] * 3), P)
     assert during.size == 1 and during.fleet_load == 0.5 and during.state.removing
     after = decide(state, samples({"web1": 0.5}), P)
     assert after.state.removing == ()
-    interrupted = State(last_in=T - 500, removing=(Node("web2", 2, T - 120),))
+    interrupted = ScaleState(last_in=T - 500, removing=(Node("web2", 2, T - 120),))
     again = decide(interrupted, samples(*[{"web1": 0.5, "web2": 0.0}] * 3), P)
     assert again.state.removing == () and again.size == 2
 
 
 def test_begin_and_finish_record_attempts_so_failures_wait_for_the_cooldown():
-    decision = decide(State(), high(), P)
+    decision = decide(ScaleState(), high(), P)
     started = begin(decision.state, decision, T - 10)
     assert started.last_out == T - 10 and [n.name for n in started.warming] == ["web3"]
     failed = finish(started, decision, [], T - 5)  # cooldown from the end of the attempt
@@ -150,21 +153,21 @@ def test_begin_and_finish_record_attempts_so_failures_wait_for_the_cooldown():
     assert "cooling down for 55.0 s" in decide(failed, samples(*[fleet(0.9)] * 3), P).reason
     booted = finish(started, decision, ["web3"], T + 5)
     assert booted.warming == (Node("web3", 3, T + 5),)
-    removal = decide(State(), low(), P)
-    removing = begin(State(), removal, T)
+    removal = decide(ScaleState(), low(), P)
+    removing = begin(ScaleState(), removal, T)
     assert removing.last_in == T and [n.name for n in removing.removing] == ["web2"]
     removed = finish(removing, removal, ["web2"], T + 8)
     assert removed.last_in == T + 8 and removed.removing == ()
 
 
 def test_state_round_trips_through_json():
-    state = State(1.5, None, (Node("web3", 3, 2.0),), (Node("web2", 2, 3.0),))
-    assert State.from_json(state.to_json()) == state
-    assert State.from_json({}) == State()
+    state = ScaleState(1.5, None, (Node("web3", 3, 2.0),), (Node("web2", 2, 3.0),))
+    assert ScaleState.from_json(state.to_json()) == state
+    assert ScaleState.from_json({}) == ScaleState()
 
 
 def test_no_sample_yet():
-    assert decide(State(), [], P).action == HOLD
+    assert decide(ScaleState(), [], P).action == HOLD
 
 
 @pytest.mark.parametrize("raw, load", [(b"0.42", 0.42), (b" 1.5\n", 1.5), (None, None), (b"", None),
@@ -195,18 +198,18 @@ def test_run_command_reports_output_exit_status_and_timeout(tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"min_size": 3, "max_size": 2}, "min_size 3 must be 0..max_size"),
+    ({"min_size": 3, "max_size": 2}, "autoscale.min_size: 3 must not exceed autoscale.max_size (2)"),
     ({"scale_out_threshold": 0.3, "scale_in_threshold": 0.3}, "hysteresis"),
-    ({"sustain": 0}, "sustain 0"),
-    ({"step": 0}, "step 0"),
-    ({"cooldown_in": -1}, "must be >= 0"),
-    ({"interval": 0}, "must be > 0"),
-    ({"name_template": "web"}, "needs one {index}"),
-    ({"name_template": "web {index}"}, "needs one {index}"),
+    ({"sustain": 0}, "autoscale.sustain: 0 is not an integer in 1..100"),
+    ({"step": 0}, "autoscale.step: 0 is not an integer"),
+    ({"cooldown_in": -1}, "autoscale.cooldown_in: -1 is not a finite number in [0,"),
+    ({"interval": 0}, "autoscale.interval: 0 is not a finite number in (0,"),
+    ({"name_template": "web"}, "needs exactly one {index}"),
+    ({"name_template": "web {index}"}, "needs exactly one {index}"),
     ({"scale_in_command": "lab/stop_web.sh '{index}"}, "scale_in_command: No closing quotation"),
 ])
 def test_bad_policy_is_a_config_error(values, message):
-    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         AutoscaleSettings(**values)
 
 
@@ -216,7 +219,7 @@ def test_cli_bad_policy_is_one_line_exit_78_and_commands_are_required(tmp_path):
     lbsync = [sys.executable, "-m", "lbsync"]
     bad = subprocess.run([*lbsync, "--set", "autoscale.min_size=5", "--set", "autoscale.max_size=2",
                           "autoscale"], env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert bad.returncode == 78 and len(bad.stderr.splitlines()) == 1 and "min_size 5" in bad.stderr
+    assert bad.returncode == 78 and len(bad.stderr.splitlines()) == 1 and "autoscale.min_size (from flag --set autoscale.min_size): 5 must not exceed" in bad.stderr
     bare = subprocess.run([*lbsync, "autoscale"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert bare.returncode == 78 and "scale_out_command" in bare.stderr
     assert len(bare.stderr.splitlines()) == 1

@@ -27,7 +27,8 @@ def test_bad_config_is_one_line_ex_config(tmp_path):
     (tmp_path / "bad.toml").write_text("algoritm = 'least_conn'\n")
     done = lbsync("--config", str(tmp_path / "bad.toml"), "sync")
     assert done.returncode == os.EX_CONFIG
-    assert done.stderr.count("\n") == 1 and "unknown key 'algoritm'" in done.stderr
+    assert done.stderr.count("\n") == 1 and "algoritm (from config file" in done.stderr
+    assert "unknown key; did you mean 'algorithm'?" in done.stderr
 
 
 def test_bad_set_flag(tmp_path):

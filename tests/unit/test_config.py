@@ -2,7 +2,7 @@
 
 import pytest
 
-from lbsync.config import load
+from lbsync.layers import load
 from lbsync.errors import ConfigError
 
 
@@ -27,10 +27,10 @@ def test_missing_default_file_is_fine_but_explicit_one_is_not(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("rol = 'web'\n", "unknown key 'rol'"),
-    ("[agent]\nprot = 1\n", "unknown key 'prot'"),
-    ("keepalive = 'lots'\n", "expected a number"),
-    ("algorithm = 'random'\n", "algorithm must be one of"),
+    ("rol = 'web'\n", r"rol \(from config file .*\): unknown key; did you mean 'role'\?"),
+    ("[agent]\nprot = 1\n", r"agent.prot \(from config file .*\): unknown key; did you mean 'port'\?"),
+    ("keepalive = 'lots'\n", "keepalive .*: 'lots' is not an integer"),
+    ("algorithm = 'random'\n", "algorithm .*: 'random' is not one of round_robin"),
     ("allowed_networks = ['10.0.0.0/33']\n", "not a network"),
     ("upstream_name = 'a b'\n", "upstream_name"),
     ("hash_key = '$x; }'\n", "hash_key"),

@@ -9,12 +9,11 @@ import logging
 
 import pytest
 
-from lbsync import daemon as daemon_mod
 from lbsync.config import DaemonSettings, Settings
 from lbsync.daemon import Daemon
 from lbsync.errors import ConfigError, SourceError, TemplateError
 from lbsync.pacing import Backoff, Debounce, member_key, throttle_left
-from lbsync.sync import Outcome, SyncResult
+from lbsync.plan import Outcome, SyncResult
 
 
 def record(name: str, status: str = "alive", **tags) -> dict:
@@ -50,25 +49,26 @@ class Cluster:
         self.error: Exception | None = None
 
 
+    def connect(self, settings) -> FakeClient:
+        return FakeClient(self)
+
+    def reconcile(self, settings, source, dry_run=False, unhealthy=frozenset()):
+        self.reconciles.append(([r["Name"] for r in source.members()], unhealthy))
+        if self.error:
+            raise self.error
+        return SyncResult(self.outcome, (), ())
+
+
 @pytest.fixture
-def cluster(monkeypatch):
-    cluster = Cluster()
-    monkeypatch.setattr("lbsync.serf.SerfClient", lambda *a, **k: FakeClient(cluster))
-
-    def fake_reconcile(settings, source, dry_run=False, unhealthy=frozenset()):
-        cluster.reconciles.append(([r["Name"] for r in source.members()], unhealthy))
-        if cluster.error:
-            raise cluster.error
-        return SyncResult(cluster.outcome, (), ())
-
-    monkeypatch.setattr(daemon_mod, "reconcile", fake_reconcile)
-    return cluster
+def cluster():
+    return Cluster()
 
 
-def make(tmp_path, load=None, **daemon) -> Daemon:
+def make(tmp_path, cluster, load=None, **daemon) -> Daemon:
     settings = Settings(state_dir=str(tmp_path), daemon=DaemonSettings(**{
         "debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}))
-    return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"))
+    return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"),
+                  client_factory=cluster.connect, reconcile=cluster.reconcile)
 
 
 def test_debounce_waits_for_quiet_but_not_past_the_cap():
@@ -106,7 +106,7 @@ def test_member_key_sees_tags_and_status_but_not_order():
 
 
 def test_start_reconciles_at_once_then_a_burst_becomes_one_reconcile(tmp_path, cluster):
-    d = make(tmp_path)
+    d = make(tmp_path, cluster)
     d.tick(100.0)
     assert cluster.reconciles == [(["web1"], frozenset())]  # connect forces a full resync
     for i, t in enumerate((102.0, 102.02, 102.04, 102.06)):
@@ -121,7 +121,7 @@ def test_start_reconciles_at_once_then_a_burst_becomes_one_reconcile(tmp_path, c
 
 
 def test_reload_budget_delays_and_logs_once(tmp_path, cluster, caplog):
-    d = make(tmp_path, min_reload_interval=1.0)
+    d = make(tmp_path, cluster, min_reload_interval=1.0)
     d.tick(100.0)
     cluster.records = [record("web1"), record("web2")]
     with caplog.at_level(logging.INFO, logger="lbsync"):
@@ -135,7 +135,7 @@ def test_reload_budget_delays_and_logs_once(tmp_path, cluster, caplog):
 
 def test_unchanged_outcome_does_not_spend_the_reload_budget(tmp_path, cluster):
     cluster.outcome = Outcome.UNCHANGED
-    d = make(tmp_path)
+    d = make(tmp_path, cluster)
     d.tick(100.0)
     cluster.records = [record("web1", weight="5")]
     d.tick(100.1)
@@ -144,7 +144,7 @@ def test_unchanged_outcome_does_not_spend_the_reload_budget(tmp_path, cluster):
 
 
 def test_agent_outage_logged_once_retried_with_backoff_then_resynced(tmp_path, cluster, caplog):
-    d = make(tmp_path, reconnect_max=0.4)
+    d = make(tmp_path, cluster, reconnect_max=0.4)
     d.tick(100.0)
     cluster.down = True
     with caplog.at_level(logging.INFO, logger="lbsync"):
@@ -166,17 +166,19 @@ def test_agent_outage_logged_once_retried_with_backoff_then_resynced(tmp_path, c
 
 
 def test_failed_reconcile_keeps_running_and_is_not_retried_in_a_loop(tmp_path, cluster, caplog):
-    d = make(tmp_path)
+    d = make(tmp_path, cluster)
     cluster.error = TemplateError("template t.j2:1: unexpected end of template")
     with caplog.at_level(logging.ERROR, logger="lbsync"):
         for i in range(20):
             d.tick(100.0 + i * 0.05)
     assert len(cluster.reconciles) == 1 and d.view.last_outcome == "error"
-    assert "the live upstream stays as it was" in caplog.records[0].message
+    message = caplog.records[0].message  # what it will do; never a claim about nginx it cannot know
+    assert "unexpected end of template" in message and "retrying at the next change" in message
+    assert "stays as it was" not in message
 
 
 def test_periodic_resync(tmp_path, cluster):
-    d = make(tmp_path, resync_interval=10.0)
+    d = make(tmp_path, cluster, resync_interval=10.0)
     d.tick(100.0)
     d.tick(109.0)
     d.tick(110.5)
@@ -187,7 +189,7 @@ def test_invalid_config_reload_keeps_the_old_settings(tmp_path, cluster, caplog)
     def broken():
         raise ConfigError("lbsync.toml: algorithm must be one of round_robin, ...")
 
-    d = make(tmp_path, load=broken)
+    d = make(tmp_path, cluster, load=broken)
     old = d.settings
     d.config_changed.set()
     with caplog.at_level(logging.ERROR, logger="lbsync"):
@@ -196,7 +198,7 @@ def test_invalid_config_reload_keeps_the_old_settings(tmp_path, cluster, caplog)
 
 
 def test_config_reload_applies_and_forces_a_reconcile(tmp_path, cluster):
-    d = make(tmp_path)
+    d = make(tmp_path, cluster)
     d.tick(100.0)
     new = dataclasses.replace(d.settings, algorithm="least_conn")
     d.load_settings = lambda: new
@@ -206,7 +208,7 @@ def test_config_reload_applies_and_forces_a_reconcile(tmp_path, cluster):
 
 
 def test_health_verdicts_feed_reconcile(tmp_path, cluster):
-    d = make(tmp_path)
+    d = make(tmp_path, cluster)
 
     class Health:
         bad = frozenset()
@@ -238,7 +240,7 @@ def test_daemon_settings_are_validated():
 
 
 def test_polls_at_the_quiet_window_pace_only_while_a_change_settles(tmp_path, cluster):
-    d = make(tmp_path, poll_interval=0.05, debounce_min=0.02)
+    d = make(tmp_path, cluster, poll_interval=0.05, debounce_min=0.02)
     d.tick(100.0)
     assert d._sleep_time() == 0.05
     cluster.records = [record("web1"), record("web2")]

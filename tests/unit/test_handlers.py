@@ -19,7 +19,8 @@ import pytest
 
 from lbsync import install
 from lbsync.cli import MEMBER_EVENTS
-from lbsync.config import AgentSettings, load
+from lbsync.config import AgentSettings
+from lbsync.layers import load
 from lbsync.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

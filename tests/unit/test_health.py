@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lbsync.config import DaemonSettings
-from lbsync.health import Checker, State, Target, observe, probe
+from lbsync.health import Checker, BackendHealth, Target, observe, probe
 
 
-def run(results: str, rise: int = 2, fall: int = 2, state: State | None = None) -> State:
-    state = state or State()
+def run(results: str, rise: int = 2, fall: int = 2, state: BackendHealth | None = None) -> BackendHealth:
+    state = state or BackendHealth()
     for ch in results:
         state = observe(state, ch == "+", "" if ch == "+" else "timeout", rise, fall)
     return state

@@ -4,7 +4,8 @@ import ipaddress
 
 import pytest
 
-from lbsync.members import Member, Policy, parse, select
+from lbsync.config import Settings
+from lbsync.members import Member, parse, select
 
 
 def record(name="web1", addr="10.0.0.1", status="alive", **tags):
@@ -40,7 +41,7 @@ def test_defaults_and_typed_fields():
     ({"max_conns": "x"}, "tag max_conns="),
 ])
 def test_bad_tags_are_skipped_with_reason(tags, reason):
-    selection = select([record(**tags), record("web2", "10.0.0.2")], Policy())
+    selection = select([record(**tags), record("web2", "10.0.0.2")], Settings())
     assert [m.name for m in selection.backends] == ["web2"]
     assert len(selection.skipped) == 1 and selection.skipped[0].name == "web1"
     assert reason in selection.skipped[0].reason
@@ -48,7 +49,7 @@ def test_bad_tags_are_skipped_with_reason(tags, reason):
 
 @pytest.mark.parametrize("name", ["web.;", "web 1", "web\n1", "", "-web", "w" * 129, "wéb"])
 def test_bad_names_are_skipped(name):
-    selection = select([record(name=name)], Policy())
+    selection = select([record(name=name)], Settings())
     assert selection.backends == () and "name" in selection.skipped[0].reason
 
 
@@ -56,20 +57,20 @@ def test_only_alive_members_of_our_role():
     records = [record("web1"), record("web2", "10.0.0.2", status="left"),
                record("web3", "10.0.0.3", status="failed"), {**record("lb", "10.0.0.9"),
                                                              "Tags": {"role": "lb"}}]
-    selection = select(records, Policy())
+    selection = select(records, Settings())
     assert [m.name for m in selection.backends] == ["web1"]
     assert selection.by_status == {"alive": ("web1",), "left": ("web2",), "failed": ("web3",)}
     assert selection.skipped == ()
 
 
 def test_sorted_by_name_and_duplicate_endpoint_skipped():
-    selection = select([record("web2", "10.0.0.1"), record("web1", "10.0.0.1")], Policy())
+    selection = select([record("web2", "10.0.0.1"), record("web1", "10.0.0.1")], Settings())
     assert [m.name for m in selection.backends] == ["web1"]
     assert "already served by web1" in selection.skipped[0].reason
 
 
 def test_allowed_networks_and_own_listen_address():
-    policy = Policy(allowed_networks=("10.0.0.0/24",), lb_listen=("10.0.0.5:80",))
+    policy = Settings(allowed_networks=("10.0.0.0/24",), lb_listen=("10.0.0.5:80",))
     selection = select([record("in", "10.0.0.1"), record("out", "10.0.1.1"),
                         record("self", "10.0.0.5")], policy)
     assert [m.name for m in selection.backends] == ["in"]
@@ -79,7 +80,7 @@ def test_allowed_networks_and_own_listen_address():
 
 
 def test_backup_refused_with_hash_algorithms():
-    selection = select([record(backup="1")], Policy(algorithm="ip_hash"))
+    selection = select([record(backup="1")], Settings(algorithm="ip_hash"))
     assert selection.backends == () and "ip_hash" in selection.skipped[0].reason
 
 
@@ -92,5 +93,5 @@ def test_address_from_serf_bytes_including_ipv4_mapped():
 
 
 def test_unusable_address_skipped():
-    selection = select([record(addr="0.0.0.0")], Policy())
+    selection = select([record(addr="0.0.0.0")], Settings())
     assert "cannot receive traffic" in selection.skipped[0].reason

@@ -9,8 +9,9 @@ import pytest
 
 from lbsync import nginx
 from lbsync.config import Settings
+from lbsync.drivers.reload import render_upstream
 from lbsync.members import Member, Selection
-from lbsync.sync import candidate_for
+from lbsync.plan import Plan
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -35,7 +36,7 @@ CASES = {
 def rendered(case, unhealthy=frozenset()):
     backends, overrides = CASES[case]
     settings = dataclasses.replace(Settings(), **overrides)
-    return candidate_for(settings, Selection(tuple(backends), (), {}), unhealthy)
+    return render_upstream(Plan.of(settings, Selection(tuple(backends), (), {}), unhealthy))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,0 +1,150 @@
+"""The reload driver: render the upstream file, have nginx check it twice, swap it in, reload.
+
+render -> `nginx -t` on a throwaway wrapper that includes only the candidate (refused: kept as
+`.rejected` with nginx's words in `.err`, the live file untouched) -> install atomically, `.prev`
+kept -> `nginx -t` on the real config (refused: the previous file is put back) -> reload. Until a
+reload succeeds a marker makes every later run retry it, so nginx never keeps an old pool while
+the file on disk says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..errors import NginxError
+from ..files import read_text, swap_in, write_atomic
+from ..plan import Applied, Outcome, Plan
+from ..render import fingerprint, is_current, managed
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("lbsync")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the plan renders to. `current`: the live file already holds exactly that, and then
+    `text` is None unless it had to be rendered to find out (Jinja2 not imported otherwise)."""
+
+    current: bool
+    text: str | None = None
+
+
+def context(plan: Plan) -> dict:
+    """Everything the upstream template may use: validated members and checked settings only."""
+    s = plan.structure
+    return {
+        "upstream_name": s.upstream_name,
+        "algorithm": s.algorithm,
+        "hash_key": s.hash_key,
+        "keepalive": s.keepalive,
+        "backends": list(plan.backends),
+        "unhealthy": sorted(plan.unhealthy),
+        "version": __version__,
+    }
+
+
+def candidate_for(plan: Plan, live: str | None) -> Candidate:
+    """Compare `live` with what `plan` renders to, rendering only when the header says it differs."""
+    template, values = plan.structure.template, context(plan)
+    inputs = fingerprint(template, values)
+    if is_current(live, inputs):
+        return Candidate(current=True)
+    text = managed(template, values, inputs)
+    return Candidate(current=text == live, text=text)
+
+
+def render_upstream(plan: Plan) -> str:
+    """The whole upstream file for `plan` (for `lbsync render` and `lbsync install`)."""
+    template, values = plan.structure.template, context(plan)
+    return managed(template, values, fingerprint(template, values))
+
+
+class ReloadDriver:
+    """Applies a plan by rendering, checking and reloading: every change costs an nginx reload."""
+
+    name = "reload"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.output = Path(settings.output)
+        self.pending = self.output.with_name(f".{self.output.name}.reload-pending")
+
+    def apply(self, plan: Plan, dry_run: bool) -> Applied:
+        live = read_text(self.output)
+        candidate = candidate_for(plan, live)
+        count = len(plan.backends)
+        if candidate.current:
+            return self._unchanged(count, dry_run)
+        assert candidate.text is not None
+        diff = unified_diff(live or "", candidate.text, str(self.output))
+        if dry_run:
+            log.info("dry run: would install %d backends; nothing written", count)
+            return Applied(Outcome.DRY_RUN, diff)
+        self._check(candidate.text)
+        self._install(candidate.text)
+        self._reload()
+        names = ", ".join(m.name for m in plan.backends) or "none"
+        down = plan.down()
+        health = f"; down by health checks: {', '.join(down)}" if down else ""
+        log.info("updated %s (%d backends: %s%s); nginx reloaded", self.output, count, names, health)
+        return Applied(Outcome.UPDATED, diff, "nginx reloaded")
+
+    def _unchanged(self, count: int, dry_run: bool) -> Applied:
+        if self.pending.exists() and not dry_run:
+            log.info("unchanged (%d backends); retrying the reload that failed last time", count)
+            self._reload()
+            return Applied(Outcome.UNCHANGED, action="nginx reloaded")
+        log.info("unchanged (%d backends); not reloading", count)
+        return Applied(Outcome.UNCHANGED)
+
+    def _check(self, candidate: str) -> None:
+        """nginx -t on the candidate alone; when refused, keep it and nginx's words for the operator."""
+        from .. import nginx  # not on the unchanged path: it pulls in subprocess
+
+        try:
+            nginx.check(candidate, self.settings.nginx_bin)
+        except NginxError as exc:
+            rejected = self.output.with_name(self.output.name + ".rejected")
+            kept = f"live file {self.output} kept"
+            with contextlib.suppress(OSError):
+                write_atomic(rejected, candidate)
+                write_atomic(rejected.with_name(rejected.name + ".err"), exc.output + "\n")
+                kept += f", candidate saved as {rejected}"
+            raise exc.noted(kept) from None
+
+    def _install(self, candidate: str) -> None:
+        """Swap the file in, then nginx -t the whole config; refused -> the previous file is back."""
+        from .. import nginx
+
+        undo = swap_in(self.output, candidate)
+        s = self.settings
+        try:
+            nginx.test(s.nginx_bin, s.nginx_conf, s.nginx_prefix)
+        except NginxError as exc:
+            raise exc.noted(undo()) from None
+
+    def _reload(self) -> None:
+        """Reload nginx; until a reload succeeds, a marker makes every later run retry it.
+
+        Without the marker a failed reload would be forgotten: the next run finds the file already
+        current and, correctly for the file, does nothing, while nginx keeps serving the old pool.
+        """
+        from .. import nginx
+
+        self.pending.touch()
+        nginx.reload(self.settings.reload_command)
+        self.pending.unlink()
+
+
+def unified_diff(old: str, new: str, name: str) -> str:
+    import difflib
+
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                        f"{name} (live)", f"{name} (candidate)"))

@@ -1,0 +1,108 @@
+"""Files done safely: atomic writes, swap-in with a check and a way back, and the run lock.
+
+Every file lbsync owns (nginx includes, state, metrics, host files written by `install`) goes
+through `write_atomic`, so a reader (nginx, `lbsync status`, node_exporter) sees the old or the
+new file whole, never half, even when the writer dies in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import InstallError, LockError
+
+
+def write_atomic(path: Path, content: str | bytes, durable: bool = True, mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename: readers see the old or the new file whole.
+
+    `durable=False` skips the fsyncs, for advisory files (state) written on every run.
+    """
+    import tempfile
+
+    data = content.encode() if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` survive a power cut."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def swap_in(path: Path, content: str) -> Callable[[], str]:
+    """Install `content` at `path` atomically, keeping the previous file as `<path>.prev`.
+
+    Returns the way back: a function that puts the previous file back (or removes the new one
+    when there was none) and says which, for the one error line that follows.
+    """
+    previous = path.with_name(path.name + ".prev")
+    had_previous = path.exists()
+    try:
+        if had_previous:
+            write_atomic(previous, path.read_bytes())
+        write_atomic(path, content)
+    except OSError as exc:
+        raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def undo() -> str:
+        if had_previous:
+            os.replace(previous, path)
+            return f"previous {path.name} restored"
+        path.unlink(missing_ok=True)
+        return f"{path.name} removed again"
+    return undo
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, or None when it does not exist; unreadable -> InstallError (73)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InstallError(f"cannot read {path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def locked(path: str, timeout: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path`, waiting at most `timeout` seconds for it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LockError(f"cannot open lock file {path}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise LockError(f"another lbsync run holds {path} (waited {timeout:.0f} s)") from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,118 @@
+"""Build Settings from its layers: defaults <- TOML file <- LBSYNC_* environment <- flags.
+
+Unknown keys are an error (a typo must never silently fall back to a default on a load
+balancer). Environment variables are `LBSYNC_<KEY>` for top-level keys and
+`LBSYNC_<TABLE>_<KEY>` for the tables; list values in the environment are comma-separated.
+Every value remembers where it came from, so an error names the file, the variable or the flag
+that set it, once.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import SECTIONS, SettingError, Settings, build, fields_of
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/lbsync/lbsync.toml")
+
+
+def config_path(path: str | os.PathLike | None, env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The config file to read, and whether it was asked for (then it must exist)."""
+    explicit = path or env.get("LBSYNC_CONFIG")
+    return (Path(explicit), True) if explicit else (DEFAULT_CONFIG, False)
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the layers. `overrides` uses dotted keys for tables ("agent.port"); `flags`
+    names the flag that set each override (default: `--set KEY`)."""
+    env = os.environ if env is None else env
+    file, required = config_path(path, env)
+    values: dict = {}
+    sources: dict[str, str] = {}
+    _merge(values, sources, _read_toml(file, required), f"config file {file}")
+    _merge(values, sources, _from_env(env), "environment")
+    _merge(values, sources, _nest(overrides or {}), "flag")
+    for key in list(sources):
+        if sources[key] == "environment":
+            sources[key] = f"environment variable {_env_name(key)}"
+        elif sources[key] == "flag":
+            sources[key] = (flags or {}).get(key) or f"flag --set {key}"
+    try:
+        return _build(values)
+    except SettingError as exc:
+        where = sources.get(exc.key, "default")
+        raise ConfigError(f"{exc.key} (from {where}): {exc.reason}") from None
+
+
+def _read_toml(path: Path, required: bool) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict:
+    """LBSYNC_* variables as a nested dict of strings (parsed later like the other layers)."""
+    out: dict = {}
+    for name, value in env.items():
+        if not name.startswith("LBSYNC_") or name == "LBSYNC_CONFIG":
+            continue
+        key = name[len("LBSYNC_"):].lower()
+        table = next((t for t in SECTIONS if key.startswith(t + "_")), None)
+        if table and key[len(table) + 1:] in fields_of(SECTIONS[table]):
+            out.setdefault(table, {})[key[len(table) + 1:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _env_name(key: str) -> str:
+    return "LBSYNC_" + key.replace(".", "_").upper()
+
+
+def _nest(overrides: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        table, _, sub = key.rpartition(".")
+        (out.setdefault(table, {}) if table else out)[sub] = value
+    return out
+
+
+def _merge(base: dict, sources: dict[str, str], top: dict, source: str, prefix: str = "") -> None:
+    """Lay `top` over `base`, noting `source` for every dotted key it sets."""
+    for key, value in top.items():
+        if isinstance(value, dict) and key in SECTIONS and not prefix:
+            base.setdefault(key, {})
+            if not isinstance(base[key], dict):
+                raise ConfigError(f"{source}: [{key}] must be a table")
+            _merge(base[key], sources, value, source, f"{key}.")
+        else:
+            base[key] = value
+            sources[prefix + key] = source
+
+
+def _build(values: dict) -> Settings:
+    tables = {}
+    for table, cls in SECTIONS.items():
+        raw = values.pop(table, {})
+        if not isinstance(raw, dict):
+            raise SettingError(table, "must be a table")
+        tables[table] = build(cls, raw)
+    return build(Settings, values, tables)

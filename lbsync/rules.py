@@ -1,0 +1,105 @@
+"""One home for every rule a value must pass, wherever it comes from (config, tags, flags, answers).
+
+Each check raises ValueError with a reason that names no source: the caller adds where the value
+came from (a config key, a member's tag, a command-line flag), so the same rule reads the same
+everywhere and is written once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+DEFAULT_RPC_ADDR = "127.0.0.1:7373"  # Serf's own default; its RPC never listens on the network
+SERF_PORT = 7946  # Serf's default gossip port
+
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # Serf node names we accept
+IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # roles, query names, nginx upstream names
+DECIMAL_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")  # a plain decimal: no sign, exponent, _ or nan
+INT_RE = re.compile(r"[0-9]{1,6}")
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+# Bounds of the numbers a member may publish as tags, and the agent may set for itself.
+PORT = (1, 65535)
+WEIGHT = (1, 256)
+MAX_FAILS = (0, 1000)
+FAIL_TIMEOUT = (1, 3600)
+MAX_CONNS = (0, 100000)
+
+
+def node_name(text: Any) -> str:
+    if not isinstance(text, str) or not NODE_NAME_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a name of [A-Za-z0-9._-], 1-128 characters, "
+                         "starting with a letter or digit")
+    return text
+
+
+def identifier(text: Any) -> str:
+    if not isinstance(text, str) or not IDENTIFIER_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not 1-64 letters, digits, '_' or '-'")
+    return text
+
+
+def boolean(value: Any) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); an empty string is false."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def bounded_int(value: Any, low: int, high: int) -> int:
+    """A plain decimal integer in low..high, from text (a tag, an env var) or an int (TOML)."""
+    text = "" if isinstance(value, (bool, float)) else str(value)
+    if not INT_RE.fullmatch(text) or not low <= int(text) <= high:
+        raise ValueError(f"{value!r} is not an integer in {low}..{high}")
+    return int(text)
+
+
+def bounded_float(value: Any, low: float, high: float, low_open: bool = False) -> float:
+    """A finite number in low..high (or (low, high] with `low_open`): never nan, inf or a bool."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    in_range = (low < number if low_open else low <= number) and number <= high
+    if not math.isfinite(number) or not in_range:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{value!r} is not a finite number in {bracket}{low:g}, {high:g}]")
+    return number
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    """'127.0.0.1:7373' or '[::1]:80' -> (host, port); raises ValueError with the reason."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """host:port, or a bare host when `default_port` is given ('10.0.0.1', '[::1]', 'lb.example')."""
+    bare = not re.search(r":[0-9]*$", text.rsplit("]", 1)[-1])
+    if default_port is not None and bare:
+        return split_hostport(f"{text}:{default_port}")
+    return split_hostport(text)
+
+
+def printable(text: Any, limit: int = 300) -> str:
+    """`text` safe for one log line or a terminal: control characters escaped, length bounded.
+
+    Names and tags come from the network; a newline in a node name must not forge a log line and
+    an escape sequence must not repaint an operator's terminal.
+    """
+    text = str(text)
+    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return out if len(out) <= limit else out[:limit] + "..."
