@@ -31,6 +31,7 @@ bench-full: deps
 
 lint: deps
 	$(VENV)/bin/ruff check lbsync tests bench lab
+	$(VENV)/bin/mypy lbsync
 
 clean:
 	rm -rf $(VENV) .pytest_cache

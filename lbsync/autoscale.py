@@ -199,9 +199,9 @@ def _blocked_in(state: ScaleState, latest: Sample, policy: AutoscaleSettings) ->
 def _removable(state: ScaleState, latest: Sample, policy: AutoscaleSettings) -> list[Node]:
     """Newest first: the highest index among nodes named by `name_template`."""
     busy = {node.name for node in state.warming + state.removing}
-    nodes = [Node(name, index_of(policy, name), latest.time) for name in latest.loads
-             if name not in busy and index_of(policy, name) is not None]
-    return sorted(nodes, key=lambda node: node.index, reverse=True)
+    nodes = [Node(name, index, latest.time) for name in latest.loads
+             if name not in busy and (index := index_of(policy, name)) is not None]
+    return sorted(nodes, key=lambda node: node.index or 0, reverse=True)
 
 
 def _cooling(state: ScaleState, now: float, policy: AutoscaleSettings, action: str) -> str:
@@ -243,7 +243,8 @@ def _streak(window: list[float | None], holds) -> int:
 
 def _free_indexes(taken: set[int | None], count: int) -> list[int]:
     """The lowest unused indexes, so names are reused after a scale-in (bounded lab addresses)."""
-    out, index = [], 1
+    out: list[int] = []
+    index = 1
     while len(out) < count:
         if index not in taken:
             out.append(index)

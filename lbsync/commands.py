@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+from collections.abc import Mapping
 
 from .autoscale import Node
 
@@ -22,7 +23,7 @@ def expand(template: str, node: Node) -> list[str]:
     return [word.replace("{index}", index).replace("{name}", node.name) for word in shlex.split(template)]
 
 
-def command_env(environ: dict, node: Node) -> dict:
+def command_env(environ: Mapping[str, str], node: Node) -> dict[str, str]:
     """The autoscaler's environment minus its own LBSYNC_* settings (a command that starts
     `lbsync agent` must not inherit the LB's), plus AUTOSCALE_NAME and AUTOSCALE_INDEX."""
     env = {key: value for key, value in environ.items() if not key.startswith("LBSYNC_")}

@@ -9,18 +9,30 @@ Reading the layers (file, environment, flags) and naming the source of a bad val
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import ipaddress
-import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import rules
 from .errors import ConfigError
+from .rules import (
+    Parse,
+    address,
+    choice,
+    command,
+    gossip_key,
+    hash_key,
+    host_with_port,
+    integer,
+    listed,
+    name_template,
+    network,
+    number,
+    optional,
+    text,
+    url_path,
+)
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash")
@@ -36,108 +48,9 @@ class SettingError(ConfigError):
         self.key, self.reason = key, reason
 
 
-# -- rules: each turns a raw value (TOML value or environment string) into the field's value ------
-
-Parse = Callable[[Any], Any]
-
-
 def spec(default: Any, parse: Parse) -> Any:
     """A field with its rule; a tuple default stays immutable."""
     return field(default=default, metadata={"parse": parse})
-
-
-def integer(low: int, high: int) -> Parse:
-    return lambda value: rules.bounded_int(value, low, high)
-
-
-def number(low: float, high: float, low_open: bool = False) -> Parse:
-    return lambda value: rules.bounded_float(value, low, high, low_open)
-
-
-def text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a string")
-    if any(not ch.isprintable() for ch in value):
-        raise ValueError(f"{rules.printable(value)} contains control characters")
-    return value
-
-
-def choice(*options: str) -> Parse:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
-        return value
-    return parse
-
-
-def listed(item: Parse) -> Parse:
-    """A TOML list, or a comma-separated environment string."""
-    def parse(value: Any) -> tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ValueError(f"{value!r} is not a list")
-        return tuple(item(str(x).strip()) for x in items if str(x).strip())
-    return parse
-
-
-def address(value: Any) -> str:
-    """host:port (':7373' means the local host, as Serf's CLI takes it)."""
-    text(value)
-    rules.split_hostport("127.0.0.1" + value if value.startswith(":") else value)
-    return value
-
-
-def host_with_port(value: Any) -> str:
-    """HOST or HOST:PORT (Serf's default port when none is given)."""
-    rules.hostport(text(value), rules.SERF_PORT)
-    return value
-
-
-def network(value: Any) -> str:
-    try:
-        ipaddress.ip_network(text(value), strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a network (CIDR)") from None
-    return value
-
-
-def hash_key(value: Any) -> str:
-    if any(ch in text(value) for ch in ";{}'\"\\"):
-        raise ValueError(f"{value!r} contains characters nginx would misread")
-    return value
-
-
-def optional(parse: Parse) -> Parse:
-    return lambda value: "" if value == "" else parse(value)
-
-
-def url_path(value: Any) -> str:
-    if text(value) and not value.startswith("/"):
-        raise ValueError(f"{value!r} must start with /")
-    return value
-
-
-def gossip_key(value: Any) -> str:
-    """Serf wants base64 of 16, 24 or 32 bytes; say so here rather than in Serf's log."""
-    try:
-        size = len(base64.b64decode(text(value), validate=True))
-    except (binascii.Error, ValueError):
-        size = -1
-    if size not in (16, 24, 32):
-        raise ValueError("is not base64 of 16, 24 or 32 bytes (see `serf keygen`)")
-    return value
-
-
-def command(value: Any) -> str:
-    """Split like a shell would (no shell runs): unbalanced quotes are refused now, not later."""
-    shlex.split(text(value))
-    return value
-
-
-def name_template(value: Any) -> str:
-    if text(value).count("{index}") != 1 or not rules.NODE_NAME_RE.fullmatch(value.replace("{index}", "1")):
-        raise ValueError(f"{value!r} needs exactly one {{index}} and otherwise only [A-Za-z0-9._-]")
-    return value
 
 
 # -- the settings -------------------------------------------------------------------------------
@@ -290,7 +203,8 @@ def fields_of(cls: type) -> dict[str, Parse]:
 
 def build(cls: type, raw: dict, tables: dict | None = None) -> Any:
     """An instance of `cls` from raw values; the first bad one raises SettingError naming its key."""
-    prefix = f"{cls.TABLE}." if cls.TABLE else ""
+    table = getattr(cls, "TABLE", "")
+    prefix = f"{table}." if table else ""
     rule_of = fields_of(cls)
     unknown = sorted(set(raw) - set(rule_of))
     if unknown:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import metrics, sync
 from .config import Settings
@@ -31,7 +32,10 @@ from .health import Checker, targets_for
 from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, throttle_left
 from .plan import Outcome, SyncResult
-from .serf import SerfClient, connect
+from .serf import RpcTarget, SerfClient, connect
+
+if TYPE_CHECKING:
+    from .watch import Watcher
 
 log = logging.getLogger("lbsync")
 
@@ -55,7 +59,7 @@ class Daemon:
     """
 
     def __init__(self, settings: Settings, load_settings: Callable[[], Settings], config_path: str,
-                 client_factory: Callable[[Settings], SerfClient] = connect,
+                 client_factory: Callable[[RpcTarget], SerfClient] = connect,
                  reconcile: Reconcile = sync.reconcile):
         self.settings = settings
         self.load_settings = load_settings
@@ -73,7 +77,7 @@ class Daemon:
         self.throttle_logged = False
         self.view = metrics.View()
         self.health: Checker | None = None
-        self.watcher = None
+        self.watcher: Watcher | None = None
         self.stopping = threading.Event()
         self.config_changed = threading.Event()
         self.template_changed = threading.Event()
@@ -161,6 +165,7 @@ class Daemon:
         return True
 
     def _poll(self, now: float) -> bool:
+        assert self.client is not None  # tick() connects first
         try:
             self.records = self.client.members_filtered(tags={"role": self.settings.role})
             return True
@@ -193,7 +198,7 @@ class Daemon:
 
     def _throttled(self, now: float) -> bool:
         left = throttle_left(now, self.last_reload, self.settings.daemon.min_reload_interval)
-        if left and not self.throttle_logged:
+        if left and not self.throttle_logged and self.last_reload is not None:
             log.info("throttled: last reload %.2f s ago; reconciling in %.2f s (min_reload_interval %g s)",
                      now - self.last_reload, left, self.settings.daemon.min_reload_interval)
             self.view.throttled += 1
@@ -264,7 +269,7 @@ class Daemon:
         if settings.daemon.health_path and self.health is None:
             self.health = Checker(settings.daemon)
             self.health.start()
-        elif settings.daemon.health_path:
+        elif settings.daemon.health_path and self.health is not None:
             self.health.settings = settings.daemon
         elif self.health is not None:
             self.health.stop()

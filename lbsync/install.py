@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import rules
-from .config import PACKAGE_TEMPLATES, AgentSettings, Settings, gossip_key
-from .errors import ConfigError, InstallError, LbsyncError
-from .files import write_atomic
+from .config import PACKAGE_TEMPLATES, AgentSettings, Settings
+from .errors import ConfigError, LbsyncError
+from .hostfiles import Target, apply
+from .keys import secrets_for
 from .layers import load
 from .rules import DEFAULT_RPC_ADDR as RPC_ADDR
 from .rules import SERF_PORT, split_hostport
@@ -33,18 +33,7 @@ UPSTREAM = "/etc/nginx/conf.d/lbs_upstream.conf"
 ERROR_ROOT = "/usr/share/lbsync"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 ACCESS_LOG = "/var/log/nginx/access.log"  # a web node's server; the agent watches it to drain
-SECRET_FILES = ("serf.key", "rpc.token")
 SYSTEMD = "/etc/systemd/system"
-
-
-@dataclass(frozen=True)
-class Target:
-    """One file install owns: `content` None means it must not exist; `keep` means write once."""
-
-    path: str
-    content: bytes | None
-    mode: int = 0o644
-    keep: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +84,7 @@ def plan(args: argparse.Namespace) -> list[Target]:
     if not (handlers / "serf").is_dir():
         raise ConfigError(f"--handlers {handlers}: no serf/ inside; point it at lbsync's handlers/")
     keys = secrets_for(Path(args.secrets), create=args.role == "lb", serf_bin=args.serf_bin)
-    node = {"node_name": _name(args.node_name), "bind": _hostport(ip), "advertise": _hostport(ip)}
+    node: dict[str, Any] = {"node_name": _name(args.node_name), "bind": _hostport(ip), "advertise": _hostport(ip)}
     if args.join:
         node["retry_join"] = [_join(host) for host in args.join]
     build = _lb_targets if args.role == "lb" else _web_targets
@@ -145,86 +134,6 @@ def _web_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str,
         Target("/etc/serf/lbsync-web.json", _read(handlers / "serf/lbsync-web.json")),
         Target(f"{SYSTEMD}/lbsync-agent.service", unit),
     ]
-
-
-def apply(targets: list[Target], root: Path, dry_run: bool = False) -> list[tuple[str, str]]:
-    """Make the disk match `targets`; returns (action, path) for each file that differed."""
-    changes = []
-    for target in targets:
-        path = root / target.path.lstrip("/")
-        exists = os.path.lexists(path)
-        if target.content is None:
-            action = "removed" if exists else None
-        elif not exists:
-            action = "created"
-        elif target.keep:
-            action = None
-        elif path.is_symlink() or path.read_bytes() != target.content:
-            action = "updated"
-        else:
-            action = "updated" if (path.stat().st_mode & 0o7777) != target.mode else None
-        if action is None:
-            continue
-        changes.append((action, target.path))
-        if dry_run:
-            continue
-        try:
-            if target.content is None:
-                path.unlink()
-            else:
-                _write(path, target.content, target.mode)
-        except OSError as exc:
-            raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return changes
-
-
-def secrets_for(directory: Path, create: bool, serf_bin: str = "serf") -> dict[str, str]:
-    """The cluster's gossip key and RPC token, made once (on the LB) and then only read.
-
-    Files are created with O_EXCL, so two provisioners racing on a shared folder agree.
-    """
-    out = {}
-    for name in SECRET_FILES:
-        path = directory / name
-        if create and not path.exists():
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            value = _keygen(serf_bin) if name == "serf.key" else _token()
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(value + "\n")
-            except FileExistsError:
-                pass
-        try:
-            out[name] = path.read_text().strip()
-        except OSError:
-            raise ConfigError(f"{path} is missing: copy the secrets directory from the LB") from None
-        if not out[name]:
-            raise ConfigError(f"{path} is empty")
-    try:
-        gossip_key(out["serf.key"])
-    except ValueError as exc:
-        raise ConfigError(f"{directory}/serf.key {exc}") from None
-    return out
-
-
-def _token() -> str:
-    import secrets
-
-    return secrets.token_urlsafe(32)
-
-
-def _keygen(serf_bin: str) -> str:
-    """`serf keygen`: the same base64 32-byte key Serf's docs tell operators to make."""
-    import subprocess
-
-    try:
-        done = subprocess.run([serf_bin, "keygen"], check=False, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InstallError(f"cannot run `{serf_bin} keygen`: {exc}") from None
-    if done.returncode != 0:
-        raise InstallError(f"`{serf_bin} keygen` failed: {done.stderr.strip()}")
-    return done.stdout.strip()
 
 
 def _site(listen: list[str], settings: Settings) -> bytes:
@@ -285,13 +194,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _write(path: Path, content: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink():
-        path.unlink()
-    write_atomic(path, content, mode=mode)
 
 
 def _address(text: str, flag: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

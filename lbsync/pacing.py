@@ -59,7 +59,7 @@ class Debounce:
     def due(self, now: float, quiet: float, cap: float) -> bool:
         if self.forced:
             return True
-        if self.first is None:
+        if self.first is None or self.last is None:
             return False
         return now - self.last >= quiet or now - self.first >= cap
 

@@ -7,8 +7,13 @@ everywhere and is written once.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import math
 import re
+import shlex
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_RPC_ADDR = "127.0.0.1:7373"  # Serf's own default; its RPC never listens on the network
@@ -76,6 +81,105 @@ def bounded_float(value: Any, low: float, high: float, low_open: bool = False) -
         bracket = "(" if low_open else "["
         raise ValueError(f"{value!r} is not a finite number in {bracket}{low:g}, {high:g}]")
     return number
+
+
+# -- parsers for settings: each turns a raw value (TOML or environment text) into a field's value --
+
+Parse = Callable[[Any], Any]
+
+
+def integer(low: int, high: int) -> Parse:
+    return lambda value: bounded_int(value, low, high)
+
+
+def number(low: float, high: float, low_open: bool = False) -> Parse:
+    return lambda value: bounded_float(value, low, high, low_open)
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError(f"{printable(value)} contains control characters")
+    return value
+
+
+def choice(*options: str) -> Parse:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return value
+    return parse
+
+
+def listed(item: Parse) -> Parse:
+    """A TOML list, or a comma-separated environment string."""
+    def parse(value: Any) -> tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{value!r} is not a list")
+        return tuple(item(str(x).strip()) for x in items if str(x).strip())
+    return parse
+
+
+def address(value: Any) -> str:
+    """host:port (':7373' means the local host, as Serf's CLI takes it)."""
+    text(value)
+    split_hostport("127.0.0.1" + value if value.startswith(":") else value)
+    return value
+
+
+def host_with_port(value: Any) -> str:
+    """HOST or HOST:PORT (Serf's default port when none is given)."""
+    hostport(text(value), SERF_PORT)
+    return value
+
+
+def network(value: Any) -> str:
+    try:
+        ipaddress.ip_network(text(value), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network (CIDR)") from None
+    return value
+
+
+def hash_key(value: Any) -> str:
+    if any(ch in text(value) for ch in ";{}'\"\\"):
+        raise ValueError(f"{value!r} contains characters nginx would misread")
+    return value
+
+
+def optional(parse: Parse) -> Parse:
+    return lambda value: "" if value == "" else parse(value)
+
+
+def url_path(value: Any) -> str:
+    if text(value) and not value.startswith("/"):
+        raise ValueError(f"{value!r} must start with /")
+    return value
+
+
+def gossip_key(value: Any) -> str:
+    """Serf wants base64 of 16, 24 or 32 bytes; say so here rather than in Serf's log."""
+    try:
+        size = len(base64.b64decode(text(value), validate=True))
+    except (binascii.Error, ValueError):
+        size = -1
+    if size not in (16, 24, 32):
+        raise ValueError("is not base64 of 16, 24 or 32 bytes (see `serf keygen`)")
+    return value
+
+
+def command(value: Any) -> str:
+    """Split like a shell would (no shell runs): unbalanced quotes are refused now, not later."""
+    shlex.split(text(value))
+    return value
+
+
+def name_template(value: Any) -> str:
+    if text(value).count("{index}") != 1 or not NODE_NAME_RE.fullmatch(value.replace("{index}", "1")):
+        raise ValueError(f"{value!r} needs exactly one {{index}} and otherwise only [A-Za-z0-9._-]")
+    return value
 
 
 def split_hostport(text: str) -> tuple[str, int]:

@@ -41,7 +41,7 @@ _GOSSIP_WAIT = 15.0
 _QUERY_MARGIN = 2.0  # serf sends "done" at the query deadline; allow for scheduling
 
 
-def decode_addr(raw: bytes) -> IPAddress:
+def decode_addr(raw: Any) -> IPAddress:
     """Serf's ``Addr`` (a Go net.IP: 4 or 16 raw bytes) -> an address object.
 
     Go often sends IPv4 in the 16-byte IPv4-mapped form; that becomes an IPv4Address so nginx
@@ -275,9 +275,9 @@ class SerfClient:
                 raise self._broken(f"malformed reply header {header!r:.80}")
             self._header = header
         header, seq = self._header, self._header["Seq"]
-        pending = self._pending is not None and self._pending[0] == seq
+        pending = self._pending if self._pending is not None and self._pending[0] == seq else None
         if pending:
-            wants_body = self._pending[1] in _BODY_REPLIES and header.get("Error") not in _BARE_ERRORS
+            wants_body = pending[1] in _BODY_REPLIES and header.get("Error") not in _BARE_ERRORS
         elif seq in self._channels or seq in self._dead:
             wants_body = True
         else:
@@ -330,8 +330,11 @@ _TIMEOUT = object()
 class RpcTarget(Protocol):
     """Settings that say where a Serf agent's RPC is: the LB's core settings or a web node's."""
 
-    rpc_addr: str
-    rpc_auth: str
+    @property
+    def rpc_addr(self) -> str: ...
+
+    @property
+    def rpc_auth(self) -> str: ...
 
 
 def connect(target: RpcTarget) -> SerfClient:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("lbsync")
 
@@ -23,7 +24,7 @@ class Watcher:
 
     def __init__(self, flags: dict[Path, threading.Event]):
         self.flags = {os.path.realpath(path): flag for path, flag in flags.items()}
-        self.observer = None
+        self.observer: Any = None  # watchdog is imported only in start()
 
     def start(self) -> None:
         try:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from lbsync.agent import load_value, validate
-from lbsync.drain import wait_quiet
-from lbsync.serfagent import serf_argv, write_secrets
 from lbsync.config import AgentSettings
+from lbsync.drain import wait_quiet
 from lbsync.errors import ConfigError
+from lbsync.serfagent import serf_argv, write_secrets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOOD = AgentSettings(join=("127.0.0.1:7946",), node_name="web1", bind="127.0.1.1:7946",

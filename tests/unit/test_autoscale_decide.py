@@ -79,7 +79,8 @@ def test_scale_in_picks_the_newest_managed_node():
     window = low(("web2", "web10", "web3", "base"))
     decision = decide(ScaleState(), window, P)
     assert decision.action == IN and [n.name for n in decision.nodes] == ["web10"]
-    assert decide(ScaleState(), low(("base", "db")), P).reason.endswith("no removable node (names like 'web1', not warming)")
+    reason = decide(ScaleState(), low(("base", "db")), P).reason
+    assert reason.endswith("no removable node (names like 'web1', not warming)")
 
 
 @pytest.mark.parametrize("names, policy, action, count, reason", [
@@ -219,7 +220,8 @@ def test_cli_bad_policy_is_one_line_exit_78_and_commands_are_required(tmp_path):
     lbsync = [sys.executable, "-m", "lbsync"]
     bad = subprocess.run([*lbsync, "--set", "autoscale.min_size=5", "--set", "autoscale.max_size=2",
                           "autoscale"], env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert bad.returncode == 78 and len(bad.stderr.splitlines()) == 1 and "autoscale.min_size (from flag --set autoscale.min_size): 5 must not exceed" in bad.stderr
+    assert bad.returncode == 78 and len(bad.stderr.splitlines()) == 1
+    assert "autoscale.min_size (from flag --set autoscale.min_size): 5 must not exceed" in bad.stderr
     bare = subprocess.run([*lbsync, "autoscale"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert bare.returncode == 78 and "scale_out_command" in bare.stderr
     assert len(bare.stderr.splitlines()) == 1

@@ -2,8 +2,8 @@
 
 import pytest
 
-from lbsync.layers import load
 from lbsync.errors import ConfigError
+from lbsync.layers import load
 
 
 def write(tmp_path, text):

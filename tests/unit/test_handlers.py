@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from lbsync import install
+from lbsync import hostfiles, install, keys
 from lbsync.cli import MEMBER_EVENTS
 from lbsync.config import AgentSettings
-from lbsync.layers import load
 from lbsync.errors import ConfigError
+from lbsync.layers import load
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = ROOT / "handlers"
@@ -138,11 +138,10 @@ def args(*argv: str) -> argparse.Namespace:
 
 
 @pytest.fixture
-def secrets(tmp_path, monkeypatch):
-    """A secrets directory made the LB's way, with a fixed key instead of `serf keygen`."""
-    monkeypatch.setattr(install, "_keygen", lambda serf_bin: "q" * 43 + "=")
+def secrets(tmp_path):
+    """A secrets directory made the LB's way (real `serf keygen`)."""
     directory = tmp_path / "secrets"
-    install.secrets_for(directory, create=True)
+    keys.secrets_for(directory, create=True)
     return directory
 
 
@@ -157,7 +156,7 @@ def web_args(root, secrets, *extra):
 
 
 def run(namespace) -> list[tuple[str, str]]:
-    return install.apply(install.plan(namespace), Path(namespace.root), namespace.dry_run)
+    return hostfiles.apply(install.plan(namespace), Path(namespace.root), namespace.dry_run)
 
 
 def debian_nginx(root: Path) -> None:
@@ -233,11 +232,9 @@ def test_web_node_never_makes_its_own_secrets(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_lb_makes_secrets_once(tmp_path, monkeypatch):
-    keys = iter(["a" * 43 + "=", "b" * 43 + "="])
-    monkeypatch.setattr(install, "_keygen", lambda serf_bin: next(keys))
-    first = install.secrets_for(tmp_path / "s", create=True)
-    assert install.secrets_for(tmp_path / "s", create=True) == first
+def test_lb_makes_secrets_once(tmp_path):
+    first = keys.secrets_for(tmp_path / "s", create=True)  # `serf keygen` gives a new key each call
+    assert keys.secrets_for(tmp_path / "s", create=True) == first
     assert stat.S_IMODE((tmp_path / "s" / "serf.key").stat().st_mode) == 0o600
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lbsync.config import DaemonSettings
-from lbsync.health import Checker, BackendHealth, Target, observe, probe
+from lbsync.health import BackendHealth, Checker, Target, observe, probe
 
 
 def run(results: str, rise: int = 2, fall: int = 2, state: BackendHealth | None = None) -> BackendHealth:

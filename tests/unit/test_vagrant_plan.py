@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lbsync import install
+from lbsync import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "provision" / "plan.rb"
@@ -120,4 +120,4 @@ def test_host_side_secrets_are_made_once_and_fit_serf_and_lbsync(tmp_path):
     for name in ("serf.key", "rpc.token"):
         assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600
     # What a provisioner reads from /vagrant: lbsync install takes it as it is.
-    assert install.secrets_for(secrets, create=False)["serf.key"] == first["serf.key"].strip()
+    assert keys.secrets_for(secrets, create=False)["serf.key"] == first["serf.key"].strip()
