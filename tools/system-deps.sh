@@ -6,6 +6,14 @@ need=""
 command -v serf >/dev/null 2>&1 || need="$need serf"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx"
 command -v curl >/dev/null 2>&1 || need="$need curl"
+# the live data plane: nginx's Lua module (balancer_by_lua) and cjson; TCP pools: the stream module
+[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need="$need libnginx-mod-http-lua"
+dpkg -s lua-cjson >/dev/null 2>&1 || need="$need lua-cjson"
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need="$need libnginx-mod-stream"
+# tests/kit/hosts.py: Debian hosts booted in systemd-nspawn containers on a private bridge
+command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"
+command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
 # tests: `vagrant validate` checks the Vagrantfile; systemd-analyze verifies the shipped units
 command -v vagrant >/dev/null 2>&1 || need="$need vagrant"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
