@@ -28,6 +28,7 @@ from .rules import (
     listed,
     name_template,
     network,
+    nginx_path,
     number,
     optional,
     text,
@@ -35,6 +36,9 @@ from .rules import (
 )
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
+PACKAGE_LUA = Path(__file__).resolve().parent / "lua"
+NGINX_MODULES = "/usr/lib/nginx/modules"
+DATA_PLANES = ("auto", "live", "reload")
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DAY = 86400.0
@@ -177,7 +181,14 @@ class Settings(Checked):
     algorithm: str = spec("round_robin", choice(*ALGORITHMS))
     hash_key: str = spec("$request_uri", hash_key)
     keepalive: int = spec(0, integer(0, 10000))
-    template: str = spec(str(PACKAGE_TEMPLATES / "lbs_upstream.conf.j2"), text)
+    data_plane: str = spec("reload", choice(*DATA_PLANES))  # TEMP until the kit handles live
+    template: str = spec(str(PACKAGE_TEMPLATES / "lbs_upstream.conf.j2"), text)  # the reload driver's
+    live_template: str = spec(str(PACKAGE_TEMPLATES / "lbs_upstream_live.conf.j2"), text)
+    lua_dir: str = spec(str(PACKAGE_LUA), nginx_path)
+    lua_modules: tuple[str, ...] = spec((f"{NGINX_MODULES}/ndk_http_module.so",
+                                         f"{NGINX_MODULES}/ngx_http_lua_module.so"), listed(nginx_path))
+    control_socket: str = spec("/run/lbsync/nginx-control.sock", nginx_path)  # in a root-only directory
+    pool_file: str = spec("", optional(nginx_path))  # default: state_dir/pool-<upstream_name>.json
     output: str = spec("/etc/nginx/conf.d/lbs_upstream.conf", text)
     nginx_bin: str = spec("nginx", text)
     nginx_conf: str = spec("/etc/nginx/nginx.conf", text)

@@ -7,6 +7,7 @@ readable line and exit with a sysexits(3) code instead of a traceback::
     ├── TemplateError   (65 EX_DATAERR)     the template is missing or does not render
     ├── NginxError      (65 EX_DATAERR)     nginx rejected a config; the live file is untouched
     ├── ReloadError     (75 EX_TEMPFAIL)    the reload command failed; the new file is in place
+    ├── PushError       (75 EX_TEMPFAIL)    nginx's live balancer did not take the pool; retried
     ├── InstallError    (73 EX_CANTCREAT)   the output file could not be written
     └── LockError       (75 EX_TEMPFAIL)    another lbsync run held the lock too long
 """
@@ -56,6 +57,10 @@ class NginxError(LbsyncError):
 
 
 class ReloadError(NginxError):
+    exit_code = os.EX_TEMPFAIL
+
+
+class PushError(LbsyncError):
     exit_code = os.EX_TEMPFAIL
 
 

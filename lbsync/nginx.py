@@ -16,7 +16,7 @@ from .errors import NginxError, ReloadError
 TIMEOUT = 30.0
 
 WRAPPER = """\
-pid {tmp}/nginx.pid;
+{modules}pid {tmp}/nginx.pid;
 error_log stderr;
 events {{ }}
 http {{
@@ -26,13 +26,15 @@ http {{
 """
 
 
-def check(candidate: str, nginx_bin: str) -> None:
-    """Raise NginxError unless nginx accepts `candidate` as an http-level include."""
+def check(candidate: str, nginx_bin: str, modules: tuple[str, ...] = ()) -> None:
+    """Raise NginxError unless nginx accepts `candidate` as an http-level include (with `modules`
+    loaded, as the real config's main context loads them)."""
     with tempfile.TemporaryDirectory(prefix="lbsync-check-") as tmp:
         path = Path(tmp) / "candidate.conf"
         path.write_text(candidate)
         wrapper = Path(tmp) / "wrapper.conf"
-        wrapper.write_text(WRAPPER.format(tmp=tmp, candidate=path))
+        loads = "".join(f"load_module {module};\n" for module in modules)
+        wrapper.write_text(WRAPPER.format(modules=loads, tmp=tmp, candidate=path))
         _run([nginx_bin, "-t", "-q", "-e", "stderr", "-p", tmp, "-c", str(wrapper)],
              NginxError, "nginx rejected the candidate config")
 

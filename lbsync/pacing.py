@@ -25,6 +25,17 @@ def _name(record: dict) -> str:
     return str(record.get("Name"))
 
 
+def stats_key(stats: dict) -> tuple:
+    """Serf's cheap change counters: a join, leave, failure or reap moves one of them.
+
+    Not a tag update from a peer (its Lamport time is witnessed, not counted), so the full list
+    is still polled every `members_interval`.
+    """
+    serf = stats.get("serf") if isinstance(stats, dict) else None
+    serf = serf if isinstance(serf, dict) else {}
+    return tuple(serf.get(key) for key in ("member_time", "members", "failed", "left"))
+
+
 @dataclass
 class Snapshot:
     """The members already polled, as a MemberSource: reconcile() needs no second RPC."""

@@ -67,13 +67,16 @@ class Plan:
         return sorted(self.unhealthy & {m.name for m in self.backends})
 
 
+RELOADED, PUSHED = "nginx reloaded", "pushed"
+
+
 @dataclass(frozen=True)
 class Applied:
     """What a driver did: `outcome`, the change as a diff when it has one, and a verb for the log."""
 
     outcome: Outcome
     diff: str = ""
-    action: str = ""  # e.g. "nginx reloaded"
+    action: str = ""  # RELOADED, PUSHED or "" (nothing done to nginx)
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,8 @@ class SyncResult:
     skipped: tuple[Skip, ...]
     diff: str = ""
     selection: Selection | None = field(default=None, compare=False)
+    action: str = ""  # what the driver did to nginx: "nginx reloaded", "pushed" or ""
+
+    @property
+    def reloaded(self) -> bool:
+        return self.action == RELOADED

@@ -170,6 +170,13 @@ def gossip_key(value: Any) -> str:
     return value
 
 
+def nginx_path(value: Any) -> str:
+    """An absolute path nginx reads unquoted: no whitespace, quotes, backslashes, ;{}$ or #."""
+    if not text(value).startswith("/") or any(ch.isspace() or ch in "'\"\\;{}$#" for ch in value):
+        raise ValueError(f"{value!r} is not an absolute path without spaces, quotes or ;{{}}$#\\")
+    return value
+
+
 def command(value: Any) -> str:
     """Split like a shell would (no shell runs): unbalanced quotes are refused now, not later."""
     shlex.split(text(value))

@@ -32,7 +32,8 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
         log_skips(selection)
         plan = Plan.of(settings, selection, unhealthy)
         applied = (driver or choose(settings)).apply(plan, dry_run)
-    result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff, selection)
+    result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff, selection,
+                        applied.action)
     if applied.outcome is not Outcome.DRY_RUN:
         state.record_sync(settings.state_dir, result)
     return result

@@ -6,6 +6,7 @@ one means a module here with a class that has `name` and `apply`, and a line in 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -26,7 +27,18 @@ class Driver(Protocol):
 
 
 def choose(settings: Settings) -> Driver:
-    """The driver `settings` ask for."""
+    """The driver `settings` ask for; `auto` is live when nginx's Lua module is installed."""
+    if data_plane(settings) == "live":
+        from .live import LiveDriver
+
+        return LiveDriver(settings)
     from .reload import ReloadDriver
 
     return ReloadDriver(settings)
+
+
+def data_plane(settings: Settings) -> str:
+    """"live" or "reload": what `data_plane` resolves to on this host."""
+    if settings.data_plane != "auto":
+        return settings.data_plane
+    return "live" if all(os.path.exists(module) for module in settings.lua_modules) else "reload"

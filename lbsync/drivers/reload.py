@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..errors import NginxError
 from ..files import read_text, swap_in, write_atomic
-from ..plan import Applied, Outcome, Plan
+from ..plan import RELOADED, Applied, Outcome, Plan
 from ..render import fingerprint, is_current, managed
 
 if TYPE_CHECKING:
@@ -67,12 +67,15 @@ def render_upstream(plan: Plan) -> str:
 
 
 class ReloadDriver:
-    """Applies a plan by rendering, checking and reloading: every change costs an nginx reload."""
+    """Applies a plan by rendering, checking and reloading: every change costs an nginx reload.
+
+    `modules` are loaded into the candidate check's wrapper (the live driver's file needs Lua).
+    """
 
     name = "reload"
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, modules: tuple[str, ...] = ()):
+        self.settings, self.modules = settings, modules
         self.output = Path(settings.output)
         self.pending = self.output.with_name(f".{self.output.name}.reload-pending")
 
@@ -87,20 +90,30 @@ class ReloadDriver:
         if dry_run:
             log.info("dry run: would install %d backends; nothing written", count)
             return Applied(Outcome.DRY_RUN, diff)
-        self._check(candidate.text)
-        self._install(candidate.text)
-        self._reload()
+        self.replace(candidate.text)
         names = ", ".join(m.name for m in plan.backends) or "none"
         down = plan.down()
         health = f"; down by health checks: {', '.join(down)}" if down else ""
         log.info("updated %s (%d backends: %s%s); nginx reloaded", self.output, count, names, health)
-        return Applied(Outcome.UPDATED, diff, "nginx reloaded")
+        return Applied(Outcome.UPDATED, diff, RELOADED)
+
+    def replace(self, text: str) -> None:
+        """The checked way to put a new file in place: both nginx gates, then the reload."""
+        self._check(text)
+        self._install(text)
+        self.reload()
+
+    def retry_pending(self) -> bool:
+        """Reload now if an earlier reload did not complete; True when it did so."""
+        if not self.pending.exists():
+            return False
+        self.reload()
+        return True
 
     def _unchanged(self, count: int, dry_run: bool) -> Applied:
-        if self.pending.exists() and not dry_run:
-            log.info("unchanged (%d backends); retrying the reload that failed last time", count)
-            self._reload()
-            return Applied(Outcome.UNCHANGED, action="nginx reloaded")
+        if not dry_run and self.retry_pending():
+            log.info("unchanged (%d backends); retried the reload that failed last time", count)
+            return Applied(Outcome.UNCHANGED, action=RELOADED)
         log.info("unchanged (%d backends); not reloading", count)
         return Applied(Outcome.UNCHANGED)
 
@@ -109,7 +122,7 @@ class ReloadDriver:
         from .. import nginx  # not on the unchanged path: it pulls in subprocess
 
         try:
-            nginx.check(candidate, self.settings.nginx_bin)
+            nginx.check(candidate, self.settings.nginx_bin, self.modules)
         except NginxError as exc:
             rejected = self.output.with_name(self.output.name + ".rejected")
             kept = f"live file {self.output} kept"
@@ -130,7 +143,7 @@ class ReloadDriver:
         except NginxError as exc:
             raise exc.noted(undo()) from None
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
         """Reload nginx; until a reload succeeds, a marker makes every later run retry it.
 
         Without the marker a failed reload would be forgotten: the next run finds the file already

@@ -1,0 +1,223 @@
+"""The live driver: membership changes reach nginx's Lua balancer with no reload and no lost request.
+
+The mechanism ingress-nginx uses since 2018: the upstream is a `balancer_by_lua` over a shared
+dict, and lbsync PUTs the pool (validated backends, as JSON with a version and a digest) to a
+control location on a root-only unix socket. Order per change:
+
+1. write the pool file atomically (nginx's master loads it at every start and reload, so a
+   restart or a structural reload never comes up empty or stale);
+2. push it; 3. read it back (digest) to confirm.
+
+Every run first reads back what nginx holds, so a push lost to a crash, an nginx restart with an
+older file or anything else that left nginx elsewhere is noticed and repaired (drift). Structural
+changes (algorithm, keepalive, upstream name, paths, the template) render the http-level file and
+go through the reload driver's two nginx gates and reload, as before. A push that fails falls back
+to that render + reload; if nginx still does not hold the pool, the run fails and the next retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__, control
+from ..errors import InstallError, PushError
+from ..files import read_text, write_atomic
+from ..plan import PUSHED, RELOADED, Applied, Outcome, Plan
+from ..render import fingerprint, is_current, managed
+from .reload import ReloadDriver, unified_diff
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..members import Member
+
+log = logging.getLogger("lbsync")
+
+CONVERGE = 3.0  # after a structural reload, how long nginx may take to bind its control socket
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One pool as nginx's balancer takes it; `digest` identifies the content, `version` the push."""
+
+    upstream: str
+    backends: tuple[dict, ...]
+    digest: str
+
+    @classmethod
+    def of(cls, plan: Plan) -> Pool:
+        upstream = plan.structure.upstream_name
+        backends = tuple(backend(m, m.name in plan.unhealthy) for m in plan.backends)
+        canonical = json.dumps({"upstream": upstream, "backends": backends}, sort_keys=True,
+                               separators=(",", ":"))
+        return cls(upstream, backends, hashlib.sha256(canonical.encode()).hexdigest()[:32])
+
+    def document(self, version: int) -> bytes:
+        return json.dumps({"version": version, "digest": self.digest, "upstream": self.upstream,
+                           "backends": list(self.backends)}, separators=(",", ":")).encode()
+
+    def lines(self) -> list[str]:
+        """One readable line per backend, for a diff."""
+        return [f"{b['name']} {b['address']}:{b['port']} weight={b['weight']}"
+                + "".join(f" {flag}" for flag in ("drain", "backup", "down") if b[flag]) + "\n"
+                for b in self.backends]
+
+
+def backend(member: Member, down: bool) -> dict[str, Any]:
+    """A validated member as the balancer's schema has it (nginx's defaults left out)."""
+    out: dict[str, Any] = {"name": member.name, "address": str(member.addr), "port": member.port,
+                           "weight": member.weight, "drain": member.draining, "backup": member.backup,
+                           "down": down}
+    for key in ("max_fails", "fail_timeout", "max_conns"):
+        if getattr(member, key) is not None:
+            out[key] = getattr(member, key)
+    return out
+
+
+class LiveDriver:
+    """Applies pool changes by a push to nginx's Lua balancer, structure changes by a reload."""
+
+    name = "live"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.files = ReloadDriver(settings, modules=settings.lua_modules)
+        self.pool_file = Path(settings.pool_file or f"{settings.state_dir}/pool-{settings.upstream_name}.json")
+        self.url = f"/pools/{settings.upstream_name}"
+
+    def apply(self, plan: Plan, dry_run: bool) -> Applied:
+        pool = Pool.of(plan)
+        structure = self._structure_candidate()
+        if structure is not None:
+            return self._restructure(plan, pool, structure, dry_run)
+        if not dry_run and self.files.retry_pending():
+            log.info("retried the reload that failed last time")
+        held = self._held()
+        if held == pool.digest:
+            log.info("unchanged (%d backends); nginx holds pool %s", len(pool.backends), pool.digest[:8])
+            return Applied(Outcome.UNCHANGED)
+        diff = self._diff(pool)
+        if dry_run:
+            log.info("dry run: would push %d backends; nothing written", len(pool.backends))
+            return Applied(Outcome.DRY_RUN, diff)
+        try:
+            version = self._push(pool)
+        except PushError as exc:  # the file is written: a reload makes nginx's master load it
+            log.warning("%s; falling back to a reload", exc)
+            self.files.reload()
+            self._converge(pool)
+            self._log_update(plan, "pushed after a reload")
+            return Applied(Outcome.UPDATED, diff, RELOADED)
+        self._log_update(plan, f"pushed pool v{version}, no reload")
+        return Applied(Outcome.UPDATED, diff, PUSHED)
+
+    # -- structure: the http-level file, through the reload driver's gates ----------------------
+
+    def _structure_candidate(self) -> str | None:
+        """The new http-level file when the live one differs from what the settings render to."""
+        template, values = self.settings.live_template, self._context()
+        inputs = fingerprint(template, values)
+        live = read_text(self.files.output)
+        if is_current(live, inputs):
+            return None
+        text = managed(template, values, inputs)
+        return None if text == live else text
+
+    def _context(self) -> dict:
+        s = self.settings
+        return {"upstream_name": s.upstream_name, "algorithm": s.algorithm, "hash_key": s.hash_key,
+                "keepalive": s.keepalive, "lua_dir": s.lua_dir, "pool_file": str(self.pool_file),
+                "control_socket": s.control_socket, "version": __version__}
+
+    def _restructure(self, plan: Plan, pool: Pool, text: str, dry_run: bool) -> Applied:
+        """Pool file first (the new master loads it), then the checked file, reload, confirm."""
+        diff = unified_diff(read_text(self.files.output) or "", text, str(self.files.output))
+        if dry_run:
+            log.info("dry run: would install the live upstream file and reload; nothing written")
+            return Applied(Outcome.DRY_RUN, diff)
+        self._control_dir()
+        self._write_pool(pool)
+        self.files.replace(text)
+        self._converge(pool)
+        self._log_update(plan, "structure changed: nginx reloaded")
+        return Applied(Outcome.UPDATED, diff, RELOADED)
+
+    def _control_dir(self) -> None:
+        """The socket's directory is its access control: root-only, made here if missing."""
+        directory = Path(self.settings.control_socket).parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.stat().st_uid == os.geteuid():
+            directory.chmod(0o700)
+
+    # -- the pool: file, push, read back ---------------------------------------------------------
+
+    def _held(self) -> str | None:
+        """The digest of the pool nginx holds now; None when it holds none or cannot be asked."""
+        try:
+            status, reply = control.call(self.settings.control_socket, "GET", self.url + "?brief=1")
+        except PushError as exc:
+            log.debug("%s", exc)
+            return None
+        return reply.get("digest") if status == 200 and isinstance(reply, dict) else None
+
+    def _push(self, pool: Pool) -> int:
+        """File, push, read back; returns the version nginx now holds."""
+        version = self._write_pool(pool)
+        status, reply = control.call(self.settings.control_socket, "PUT", self.url, pool.document(version))
+        if status != 200:
+            why = reply.get("error") if isinstance(reply, dict) else reply
+            raise PushError(f"nginx refused the pool push (HTTP {status}): {why}")
+        held = self._held()
+        if held != pool.digest:
+            raise PushError(f"nginx holds pool {held} after pushing {pool.digest}")
+        return version
+
+    def _write_pool(self, pool: Pool) -> int:
+        """Atomically, before nginx is told: a restart in between loads the new pool."""
+        version = self._file_version() + 1
+        try:
+            self.pool_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.pool_file, pool.document(version), mode=0o600)
+        except OSError as exc:
+            raise InstallError(f"cannot write {self.pool_file}: {exc.strerror or exc}") from None
+        return version
+
+    def _file_version(self) -> int:
+        try:
+            version = json.loads(self.pool_file.read_bytes()).get("version", 0)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return version if isinstance(version, int) else 0
+
+    def _converge(self, pool: Pool) -> None:
+        """After a reload: wait for the new config's socket, then make sure it holds `pool`."""
+        deadline = time.monotonic() + CONVERGE
+        while self._held() != pool.digest:
+            try:
+                self._push(pool)
+                return
+            except PushError as exc:
+                if time.monotonic() > deadline:
+                    raise PushError(f"nginx was reloaded but does not hold the pool: {exc}") from None
+            time.sleep(0.02)
+
+    def _diff(self, pool: Pool) -> str:
+        """The pool on file against the plan's, one line per backend."""
+        try:
+            before = Pool(pool.upstream, tuple(json.loads(self.pool_file.read_bytes())["backends"]), "").lines()
+        except (OSError, ValueError, KeyError, TypeError):
+            before = []
+        return unified_diff("".join(before), "".join(pool.lines()), str(self.pool_file))
+
+    def _log_update(self, plan: Plan, how: str) -> None:
+        names = ", ".join(m.name for m in plan.backends) or "none"
+        down = plan.down()
+        health = f"; down by health checks: {', '.join(down)}" if down else ""
+        log.info("updated pool %s (%d backends: %s%s); %s", plan.structure.upstream_name,
+                 len(plan.backends), names, health, how)
