@@ -28,7 +28,7 @@ from .layers import load
 from .rules import DEFAULT_RPC_ADDR as RPC_ADDR
 from .rules import SERF_PORT, split_hostport
 
-HANDLERS = Path(__file__).resolve().parent.parent / "handlers"  # a checkout or an editable install
+HANDLERS = Path(__file__).resolve().parent / "handlers"  # shipped inside the package
 UPSTREAM = "/etc/nginx/conf.d/lbs_upstream.conf"
 ERROR_ROOT = "/usr/share/lbsync"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
