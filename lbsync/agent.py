@@ -34,6 +34,7 @@ from .config import AgentSettings, Settings
 from .drain import drain
 from .errors import ConfigError, SourceError
 from .rules import DECIMAL_RE
+from .sdnotify import notify
 from .serf import connect
 from .serfagent import serf_agent, tags, wait_exit
 
@@ -51,8 +52,10 @@ def run_agent(settings: Settings, args: argparse.Namespace) -> int:
         with connect(agent) as client:
             announce(client, agent, attached=child is None)
             responder = Responder(client, agent, child)
+            notify("READY=1", f"STATUS=in the cluster as {agent.role} on port {agent.port}")
             responder.serve_until(lambda: stop.count > 0)
             log.info("%s received: draining (a second signal leaves at once)", stop.last)
+            notify("STOPPING=1", "STATUS=draining")
             drain(client, agent, responder.poll, urgent=lambda: stop.count > 1)
             log.info("leaving the cluster gracefully")
             client.leave()

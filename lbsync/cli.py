@@ -223,7 +223,8 @@ def _setup_logging(verbose: bool, syslog: bool) -> None:
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logging.Formatter("lbsync: %(levelname)s: %(message)s"))
     root.handlers[:] = [stderr]
-    if syslog and os.path.exists("/dev/log"):
+    under_systemd = "JOURNAL_STREAM" in os.environ  # stderr already goes to the journal: once is enough
+    if syslog and not under_systemd and os.path.exists("/dev/log"):
         from logging.handlers import SysLogHandler  # only where syslog is: it imports socket
 
         try:
