@@ -1,0 +1,67 @@
+"""Real `serf agent`s on loopback addresses, one address per node, for tests, lab and bench.
+
+Why one address per node: Serf identifies members by address and the LB renders `addr:port`,
+so nodes sharing 127.0.0.1 would hide exactly the bugs a cluster has. Linux routes all of
+127.0.0.0/8 to loopback, so every node gets its own 127.x.y.z with no setup.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+
+from kit.net import connects, free_port, wait_until
+from kit.procs import Proc, Processes, died, require
+
+
+@dataclass
+class SerfNode:
+    name: str
+    ip: str
+    bind_port: int
+    rpc_port: int
+    proc: Proc
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"{self.ip}:{self.rpc_port}"
+
+    @property
+    def bind_addr(self) -> str:
+        return f"{self.ip}:{self.bind_port}"
+
+
+def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None = None,
+               join: str | None = None, handler: str | None = None, extra: list[str] | tuple = (),
+               env: dict | None = None, rpc_port: int | None = None) -> SerfNode:
+    """A real `serf agent` on `ip` with the LAN-fast `local` profile; waits until RPC answers.
+
+    `env` reaches the agent and so its event handler (Serf passes its environment on); `extra`
+    are more command-line arguments (a later `-log-level` wins over the default debug)."""
+    bind_port = free_port(ip)
+    while rpc_port is None or rpc_port == bind_port:  # two free_port() calls can agree
+        rpc_port = free_port(ip)
+    argv = [require("serf"), "agent", "-node", name, "-bind", f"{ip}:{bind_port}",
+            "-rpc-addr", f"{ip}:{rpc_port}", "-profile", "local", "-log-level", "debug", *extra]
+    for key, value in (tags or {}).items():
+        argv += ["-tag", f"{key}={value}"]
+    if join:
+        argv += ["-join", join]
+    if handler:
+        argv += ["-event-handler", handler]
+    proc = procs.start(f"serf-{name}", argv, env)
+    wait_until(lambda: connects(ip, rpc_port) or died(proc), 10, f"serf agent {name} RPC")
+    return SerfNode(name, ip, bind_port, rpc_port, proc)
+
+
+def serf(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The serf CLI (`serf leave -rpc-addr ...`); fails loudly when serf is missing or, with
+    `check`, when the command fails."""
+    return subprocess.run([require("serf"), *args], check=check, capture_output=True, text=True, timeout=20)
+
+
+def serf_members(node: SerfNode, auth: str = "") -> list[dict]:
+    """`serf members -format json` of `node`, as the operator sees them."""
+    args = ["members", "-rpc-addr", node.rpc_addr, "-format", "json"] + (["-rpc-auth", auth] if auth else [])
+    return json.loads(serf(*args).stdout)["members"]
