@@ -1,56 +1,59 @@
-"""The daemon's loop driven tick by tick with a fake Serf client and a recording reconcile():
-debounce, reload budget, reconnect with backoff and one log line per outage, config reload."""
+"""The daemon's loop driven tick by tick against the kit's fake Serf agent (through lbsync's own
+RPC client) and a recording reconcile(): debounce, reload budget, reconnect with backoff and one
+log line per outage, config reload."""
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 
 import pytest
+from kit.fake_serf import FakeSerf
+from kit.records import record as kit_record
 
 from lbsync.config import DaemonSettings, Settings
 from lbsync.daemon import Daemon
-from lbsync.errors import ConfigError, SourceError, TemplateError
+from lbsync.errors import ConfigError, TemplateError
 from lbsync.pacing import Backoff, Debounce, member_key, throttle_left
 from lbsync.plan import Outcome, SyncResult
+from lbsync.serf import SerfClient, connect
 
 
 def record(name: str, status: str = "alive", **tags) -> dict:
-    return {"Name": name, "Addr": ipaddress.ip_address("127.0.0.10"), "Port": 7946, "Status": status,
-            "Tags": {"role": "web", **tags}}
-
-
-class FakeClient:
-    """Stands in for SerfClient: serves `Cluster.records`, or fails while `Cluster.down`."""
-
-    def __init__(self, cluster):
-        if cluster.down:
-            raise SourceError("cannot reach serf agent at fake: is `serf agent` running?")
-        self.cluster = cluster
-        cluster.connects += 1
-
-    def members_filtered(self, tags=None, status="", name=""):
-        if self.cluster.down:
-            raise SourceError("serf agent at fake: members-filtered: connection closed")
-        return list(self.cluster.records)
-
-    def close(self):
-        pass
+    """A web member on 127.0.0.10, as the agent serves it."""
+    return kit_record(name, "127.0.0.10", status, **tags)
 
 
 class Cluster:
-    def __init__(self):
-        self.records = [record("web1")]
-        self.down = False
+    """The kit's fake Serf agent (its members, its outages) and a recording reconcile()."""
+
+    def __init__(self, serf: FakeSerf):
+        self.serf = serf
+        self.serf.members = [record("web1")]
         self.connects = 0
         self.reconciles: list[tuple[list[str], frozenset]] = []
         self.outcome = Outcome.UPDATED
         self.error: Exception | None = None
 
+    @property
+    def records(self) -> list[dict]:
+        return self.serf.members
 
-    def connect(self, settings) -> FakeClient:
-        return FakeClient(self)
+    @records.setter
+    def records(self, records: list[dict]) -> None:
+        self.serf.members = records
+
+    @property
+    def down(self) -> bool:
+        return self.serf.is_down
+
+    @down.setter
+    def down(self, down: bool) -> None:
+        self.serf.down() if down else self.serf.up()
+
+    def connect(self, settings) -> SerfClient:
+        self.connects += 1
+        return connect(settings)
 
     def reconcile(self, settings, source, dry_run=False, unhealthy=frozenset()):
         self.reconciles.append(([r["Name"] for r in source.members()], unhealthy))
@@ -60,12 +63,12 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster():
-    return Cluster()
+def cluster(fake_serf):
+    return Cluster(fake_serf())
 
 
 def make(tmp_path, cluster, load=None, **daemon) -> Daemon:
-    settings = Settings(state_dir=str(tmp_path), daemon=DaemonSettings(**{
+    settings = Settings(state_dir=str(tmp_path), rpc_addr=cluster.serf.addr, daemon=DaemonSettings(**{
         "debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}))
     return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"),
                   client_factory=cluster.connect, reconcile=cluster.reconcile)

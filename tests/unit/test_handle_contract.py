@@ -8,16 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import FakeSerf, fake_nginx, member
+from kit.fake_nginx import fake_nginx
+from kit.records import record
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def world(tmp_path):
-    serf = FakeSerf([member("web1", "10.0.0.1", port="8080"),
-                     member("web2", "10.0.0.2", port="8080; } server { listen 9999"),
-                     member("web3", "10.0.0.3", status="failed")])
+def world(tmp_path, fake_serf):
+    serf = fake_serf([record("web1", "10.0.0.1", port="8080"),
+                      record("web2", "10.0.0.2", port="8080; } server { listen 9999"),
+                      record("web3", "10.0.0.3", status="failed")])
     nginx = fake_nginx(tmp_path)
     env = {
         "PYTHONPATH": str(ROOT), "LBSYNC_RPC_ADDR": serf.addr, "LBSYNC_NGINX_BIN": str(nginx),
@@ -27,8 +28,7 @@ def world(tmp_path):
         "SERF_SELF_NAME": "lb", "SERF_SELF_ROLE": "lb", "SERF_TAG_ROLE": "lb",
     }
     (tmp_path / "none.toml").write_text("")
-    yield tmp_path, serf, env
-    serf.close()
+    return tmp_path, serf, env
 
 
 def handle(env: dict, event: str, stdin: str = "") -> subprocess.CompletedProcess:

@@ -3,14 +3,16 @@
 import ipaddress
 
 import pytest
+from kit.records import decoded
+from kit.records import record as wire_record
 
 from lbsync.config import Settings
 from lbsync.members import Member, parse, select
 
 
 def record(name="web1", addr="10.0.0.1", status="alive", **tags):
-    return {"Name": name, "Addr": ipaddress.ip_address(addr), "Status": status,
-            "Tags": {"role": "web", **tags}}
+    """A web member as the RPC client hands it to select(): Addr already decoded."""
+    return decoded(wire_record(name, addr, status, **tags))
 
 
 def test_defaults_and_typed_fields():

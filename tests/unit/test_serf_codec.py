@@ -1,107 +1,31 @@
-"""The Serf RPC codec without a real agent: address decoding, and framing/dispatch against a tiny
-scripted fake agent that dribbles its replies a few bytes at a time."""
+"""The Serf RPC codec without a real agent: address decoding, and framing/dispatch against the
+kit's fake agent, scripted, dribbling its replies a few bytes at a time."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 import msgpack
 import pytest
+from kit.fake_serf import FakeSerf
+from kit.records import record
 
 from lbsync import serf
 from lbsync.errors import SourceError
 from lbsync.serf import SerfClient, decode_addr
 
-# Requests the fake reads without a body (as the real agent does).
-_NO_BODY = {"members", "leave", "stats"}
-
-
-def _member(name: str, addr: bytes, **tags: str) -> dict:
-    return {"Name": name, "Addr": addr, "Port": 7946, "Tags": tags, "Status": "alive"}
-
-
-class FakeAgent:
-    """Listens on 127.0.0.1, accepts one client and runs `script(self)` in a thread."""
-
-    def __init__(self, script: Callable[[FakeAgent], None], chunk: int = 3, pause: float = 0.0):
-        self.chunk, self.pause = chunk, pause
-        self.requests: list[tuple[dict, dict | None]] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.addr = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.unpacker = msgpack.Unpacker(raw=False)
-        self.conn: socket.socket | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(script,), daemon=True)
-        self.thread.start()
-
-    def _run(self, script: Callable[[FakeAgent], None]) -> None:
-        try:
-            self.listener.settimeout(5)
-            self.conn, _ = self.listener.accept()
-            self.conn.settimeout(5)
-            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            script(self)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread by close()
-            self.error = exc
-        finally:
-            if self.conn is not None:
-                self.conn.close()
-            self.listener.close()
-
-    def _obj(self):
-        while True:
-            try:
-                return self.unpacker.unpack()
-            except msgpack.OutOfData:
-                data = self.conn.recv(4096)
-                if not data:
-                    raise EOFError("client went away") from None
-                self.unpacker.feed(data)
-
-    def request(self, expect: str) -> int:
-        """Read one request, check its command, return its Seq."""
-        header = self._obj()
-        body = None if header["Command"] in _NO_BODY else self._obj()
-        self.requests.append((header, body))
-        assert header["Command"] == expect, header
-        return header["Seq"]
-
-    def send(self, *objs) -> None:
-        """Send objects in tiny chunks so the client sees partial msgpack data."""
-        data = b"".join(msgpack.packb(o, use_bin_type=True) for o in objs)
-        for i in range(0, len(data), self.chunk):
-            self.conn.sendall(data[i : i + self.chunk])
-            if self.pause:
-                time.sleep(self.pause)  # so each chunk is its own recv()
-
-    def reply(self, seq: int, body: dict | None = None, error: str = "") -> None:
-        self.send({"Seq": seq, "Error": error}, *([] if body is None else [body]))
-
-    def handshake(self) -> None:
-        self.reply(self.request("handshake"))
-
-    def close(self) -> None:
-        self.thread.join(5)
-        assert not self.thread.is_alive(), "fake agent script did not finish"
-        if self.error is not None:
-            raise self.error
-
 
 @pytest.fixture
-def fake():
-    agents: list[FakeAgent] = []
+def fake(fake_serf):
+    """A scripted fake agent: `fake(script, chunk, pause)` (kit.fake_serf.FakeSerf)."""
 
-    def start(script: Callable[[FakeAgent], None], chunk: int = 3, pause: float = 0.0) -> FakeAgent:
-        agents.append(FakeAgent(script, chunk, pause))
-        return agents[-1]
+    def start(script: Callable[[FakeSerf], None], chunk: int = 3, pause: float = 0.0) -> FakeSerf:
+        return fake_serf(script=script, chunk=chunk, pause=pause)
 
-    yield start
-    for agent in agents:
-        agent.close()
+    return start
 
 
 # -- decode_addr ------------------------------------------------------------------------------
@@ -138,11 +62,9 @@ def test_decode_addr_not_bytes(raw):
 
 
 def test_members_reply_split_into_tiny_chunks(fake):
-    mapped = ipaddress.IPv6Address("::ffff:127.0.0.2").packed
-
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
-        a.reply(a.request("members"), {"Members": [_member("web1", mapped, role="web")]})
+        a.reply(a.request("members"), {"Members": [record("web1", "::ffff:127.0.0.2")]})
 
     agent = fake(script, chunk=1, pause=0.001)
     with SerfClient(agent.addr) as client:
@@ -153,12 +75,12 @@ def test_members_reply_split_into_tiny_chunks(fake):
 
 
 def test_non_utf8_tag_is_replaced_not_fatal(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         seq = a.request("members")
         # Hand-built: a str-typed msgpack value holding invalid UTF-8.
         bad = b"\xa2\xff\xfe"
-        body = msgpack.packb({"Members": [_member("x", b"\x7f\x00\x00\x01", role="PLACEHOLDER")]})
+        body = msgpack.packb({"Members": [record("x", "127.0.0.1", role="PLACEHOLDER")]})
         a.conn.sendall(msgpack.packb({"Seq": seq, "Error": ""}) + body.replace(b"\xabPLACEHOLDER", bad))
 
     with SerfClient(fake(script).addr) as client:
@@ -167,12 +89,12 @@ def test_non_utf8_tag_is_replaced_not_fatal(fake):
 
 
 def test_stream_records_queue_while_other_requests_run(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         stream_seq = a.request("stream")
         a.reply(stream_seq)  # the ack: header only
         members_seq = a.request("members")
-        a.reply(stream_seq, {"Event": "member-join", "Members": [_member("a", b"\x0a\x00\x00\x01")]})
+        a.reply(stream_seq, {"Event": "member-join", "Members": [record("a", "10.0.0.1", role=None)]})
         a.reply(stream_seq, {"Event": "user", "Name": "deploy", "Payload": None})
         a.reply(members_seq, {"Members": []})
         a.reply(a.request("respond"))
@@ -193,7 +115,7 @@ def test_stream_records_queue_while_other_requests_run(fake):
 def test_next_times_out_between_header_and_body_and_resumes(fake):
     gate = threading.Event()
 
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         seq = a.request("stream")
         a.reply(seq)
@@ -211,7 +133,7 @@ def test_next_times_out_between_header_and_body_and_resumes(fake):
 
 
 def test_stop_discards_records_before_and_after_stop_reply(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         seq = a.request("stream")
         a.reply(seq)
@@ -230,7 +152,7 @@ def test_stop_discards_records_before_and_after_stop_reply(fake):
 
 
 def test_query_collects_responses_until_done(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         seq = a.request("query")
         a.reply(seq)
@@ -252,7 +174,7 @@ def test_query_without_done_returns_at_margin_and_drops_late_records(fake, monke
     monkeypatch.setattr(serf, "_QUERY_MARGIN", 0.1)
     late = threading.Event()
 
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         seq = a.request("query")
         a.reply(seq)
@@ -269,7 +191,7 @@ def test_query_without_done_returns_at_margin_and_drops_late_records(fake, monke
 
 
 def test_stop_on_a_broken_connection_does_not_raise(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         a.reply(a.request("stream"))
 
@@ -282,7 +204,7 @@ def test_stop_on_a_broken_connection_does_not_raise(fake):
 
 
 def test_error_reply_names_agent_and_command(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         a.reply(a.request("respond"), error="No pending queries matching ID")
         # "Authentication required" comes without a body, even for members.
@@ -300,7 +222,7 @@ def test_error_reply_names_agent_and_command(fake):
 
 
 def test_auth_refused(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         a.reply(a.request("auth"), error="Invalid authentication token")
 
@@ -313,7 +235,7 @@ def test_auth_refused(fake):
 def test_read_timeout_names_address(fake):
     done = threading.Event()
 
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         a.request("members")
         done.wait(5)
@@ -328,7 +250,7 @@ def test_read_timeout_names_address(fake):
 
 
 def test_connection_closed_names_address(fake):
-    def script(a: FakeAgent) -> None:
+    def script(a: FakeSerf) -> None:
         a.handshake()
         a.request("members")
 
