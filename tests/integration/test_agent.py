@@ -11,7 +11,10 @@ import signal
 import sys
 
 import pytest
-from realparts import ROOT, Processes, SerfNode, free_port, start_serf, wait_until
+from kit.net import free_port, wait_until
+from kit.paths import ROOT
+from kit.procs import Processes
+from kit.serfnode import SerfNode, start_serf
 
 pytestmark = pytest.mark.integration
 

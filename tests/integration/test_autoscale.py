@@ -7,7 +7,7 @@ from a file the test writes (agent.load_file), so decisions never depend on this
 The other tests need no nginx: their web nodes are a plain `serf agent` on 127.0.3.N beside the
 lab's tiny web server, answering `load` through a Serf query handler (`cat` of a load file: Serf
 sends a query handler's stdout back as the response). Their operator commands are small scripts
-written here: boot, drain (drain tag, wait until no request comes, leave) and destroy (stop both
+in scripts/: boot, drain (drain tag, wait until no request comes, leave) and destroy (stop both
 by PID); each appends its invocation to ops.log. Whatever the scripts or the lab start is
 recorded in pid files and stopped by PID in a finaliser, even when the test fails.
 """
@@ -24,111 +24,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from realparts import (
-    ROOT,
-    WEB_SERVER,
-    Processes,
-    SerfNode,
-    require,
-    serf_members,
-    start_serf,
-    wait_until,
-)
-from test_lab import RequestLoop, running_lab
+from kit.labrun import RequestLoop, running_lab
+from kit.net import wait_until
+from kit.paths import ROOT, WEB_SERVER
+from kit.procs import Processes, require
+from kit.serfnode import SerfNode, serf_members, start_serf
 
 pytestmark = pytest.mark.integration
 
 LAB_NET = "127.0.78"  # this module's lab network: test_lab.py uses 127.0.77
 
-PREAMBLE = '''\
-import json, os, signal, socket, subprocess, sys, time
-CFG = json.loads({cfg!r})
-RUN = CFG["run"]
-
-def note(*words):
-    with open(CFG["log"], "a") as handle:
-        handle.write(" ".join([f"{{time.time():.3f}}", *map(str, words)]) + "\\n")
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-'''
-
-BOOT = '''
-def free_port(ip):
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind((ip, 0)); port = tcp.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind((ip, port)); return port
-        except OSError:
-            pass
-
-def start(name, role, argv):
-    out = open(f"{RUN}/{name}.{role}.log", "ab")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    with open(f"{RUN}/{name}.{role}.pid", "w") as handle:
-        handle.write(str(proc.pid))
-
-def wait_connect(ip, port):
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((ip, port), timeout=0.2).close(); return
-        except OSError:
-            time.sleep(0.05)
-    print(f"{ip}:{port} never answered"); sys.exit(1)
-
-index = int(sys.argv[1]); name = f"web{index}"; ip = f"127.0.3.{index}"
-note("boot", index)
-if os.path.exists(CFG["fail"]):
-    print("cannot boot: quota exceeded"); sys.exit(3)
-port = free_port(ip)
-start(name, "web", [sys.executable, CFG["webserver"], "--name", f"serf-{name}", "--bind", ip,
-                    "--port", str(port), "--access-log", f"{RUN}/{name}.access"])
-wait_connect(ip, port)  # serving before it joins: never routed to a closed port
-bind, rpc = free_port(ip), free_port(ip)
-load = f"cat {CFG['loads']}/{name} 2>/dev/null || cat {CFG['loads']}/all"
-start(name, "serf", [CFG["serf"], "agent", "-node", name, "-bind", f"{ip}:{bind}",
-                     "-rpc-addr", f"{ip}:{rpc}", "-profile", "local", "-tag", "role=web",
-                     "-tag", f"port={port}", "-join", CFG["join"], "-event-handler", f"query:load={load}"])
-with open(f"{RUN}/{name}.rpc", "w") as handle:
-    handle.write(f"{ip}:{rpc}")
-wait_connect(ip, rpc)
-'''
-
-DRAIN = '''
-name = sys.argv[1]
-note("drain", name)
-rpc = open(f"{RUN}/{name}.rpc").read()
-serf = lambda *args: subprocess.run([CFG["serf"], *args, "-rpc-addr", rpc], check=True, timeout=20,
-                                    capture_output=True)
-serf("tags", "-set", "drain=1")
-since, access = time.time(), f"{RUN}/{name}.access"
-deadline = time.monotonic() + 30
-while time.time() - max(since, os.path.getmtime(access) if os.path.exists(access) else 0) < 2.0:
-    if time.monotonic() > deadline:
-        print(f"{name} still gets requests"); sys.exit(1)
-    time.sleep(0.1)
-serf("leave")
-'''
-
-DESTROY = '''
-name = f"web{sys.argv[1]}"
-note("destroy", sys.argv[1])
-for role in ("serf", "web"):
-    pid = int(open(f"{RUN}/{name}.{role}.pid").read())
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-'''
+SCRIPTS = Path(__file__).resolve().parent / "scripts"  # the operator's commands (boot, drain, ...)
+PYTHONPATH = f"{ROOT}:{ROOT / 'tests'}"  # lbsync and the kit, for lbsync and the scripts
 
 
 class Ops:
@@ -140,16 +47,20 @@ class Ops:
         for path in (self.run, self.loads):
             path.mkdir(parents=True, exist_ok=True)
         self.log, self.fail = self.dir / "ops.log", self.dir / "fail"
+        self.config = self.dir / "config.json"
 
     def write(self, join: str) -> None:
-        cfg = json.dumps({"run": str(self.run), "log": str(self.log), "fail": str(self.fail),
-                          "loads": str(self.loads), "join": join, "serf": require("serf"),
-                          "webserver": str(WEB_SERVER)})
-        for name, body in (("boot", BOOT), ("drain", DRAIN), ("destroy", DESTROY)):
-            (self.dir / f"{name}.py").write_text(PREAMBLE.format(cfg=cfg) + body)
+        """The scripts' config (scripts/opslib.py reads it): where things go, whom to join."""
+        self.config.write_text(json.dumps({
+            "run": str(self.run), "log": str(self.log), "fail": str(self.fail), "loads": str(self.loads),
+            "join": join, "serf": require("serf"), "webserver": str(WEB_SERVER)}))
+
+    def argv(self, name: str, *args: str) -> list[str]:
+        return [sys.executable, str(SCRIPTS / f"{name}.py"), str(self.config), *args]
 
     def command(self, name: str, arg: str) -> str:
-        return f"{shlex.quote(sys.executable)} {shlex.quote(str(self.dir / name))}.py {arg}"
+        """The autoscaler's command line; `arg` may hold its placeholders ({index}, {name})."""
+        return f"{shlex.join(self.argv(name))} {arg}"
 
     def set_load(self, value: str, node: str = "all") -> None:
         (self.loads / node).write_text(value + "\n")
@@ -200,13 +111,6 @@ def start_autoscaler(procs: Processes, env: dict, *flags: str, name: str = "auto
     return procs.start(name, [sys.executable, "-m", "lbsync", *flags, "autoscale"], env)
 
 
-RECORD = """import subprocess, sys, time
-with open(sys.argv[1], "a") as log:
-    log.write(f"{time.time():.3f} {sys.argv[2]} {sys.argv[3]}\\n")
-sys.exit(subprocess.run(sys.argv[4:]).returncode)
-"""
-
-
 @pytest.fixture
 def lab(tmp_path):
     """The real lab (lab/*.sh, `lbsync agent`, nginx behind `lbsync handle`) on its own network."""
@@ -221,8 +125,7 @@ def test_lab_scales_out_once_per_cooldown_to_max_then_in_to_min_with_no_failed_r
         (lab.dir / f"web{n}").mkdir(parents=True, exist_ok=True)
         (lab.dir / f"web{n}" / "load").write_text("0.9\n")
     ops = tmp_path / "ops.log"
-    (tmp_path / "record.py").write_text(RECORD)
-    record = f"{sys.executable} {tmp_path / 'record.py'} {ops}"
+    record = f"{sys.executable} {SCRIPTS / 'record.py'} {ops}"
     policy = {"min_size": 1, "max_size": 3, "sustain": 2, "interval": 0.5, "query_timeout": 0.4,
               "cooldown_out": 4, "cooldown_in": 2, "warmup": 1, "name_template": "serf-web{index}",
               "scale_out_command": f"{record} boot {{index}} {ROOT}/lab/boot_web.sh {{index}}",
@@ -267,7 +170,8 @@ def test_drain_command_runs_before_destroy_then_the_name_is_pruned(procs, ops, t
     ops.write(lb.bind_addr)
     ops.set_load("0.1")
     for index in ("1", "2"):
-        subprocess.run([sys.executable, str(ops.dir / "boot.py"), index], check=True, timeout=60)
+        subprocess.run(ops.argv("boot", index), check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": PYTHONPATH})
     scaler = start_autoscaler(procs, env)
     wait_until(lambda: "at min_size 1" in scaler.output(), 60, "scale-in to min_size")
     assert [(what, arg) for _, what, arg in ops.calls()] == [
@@ -281,7 +185,7 @@ def _plain_lb(procs: Processes, workdir: Path, config: str) -> tuple[dict, SerfN
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "lbsync.toml").write_text(config)
     lb = start_serf(procs, "lb", "127.0.0.1")
-    env = {"PYTHONPATH": str(ROOT), "LBSYNC_CONFIG": str(workdir / "lbsync.toml"),
+    env = {"PYTHONPATH": PYTHONPATH, "LBSYNC_CONFIG": str(workdir / "lbsync.toml"),
            "LBSYNC_RPC_ADDR": lb.rpc_addr, "LBSYNC_STATE_DIR": str(workdir / "state"),
            "LBSYNC_LOCK_FILE": str(workdir / "lbsync.lock"), "LBSYNC_SYSLOG": "false"}
     return env, lb

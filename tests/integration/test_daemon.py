@@ -10,12 +10,19 @@ import signal
 import time
 
 import pytest
-from daemon_lab import HungServer, make_daemon_lab, serf
-from realparts import ROOT, serf_members, start_web, wait_until
+from kit.lb import start_lb, start_web
+from kit.net import HungServer, wait_until
+from kit.paths import ROOT
+from kit.serfnode import serf, serf_members
 
 pytestmark = pytest.mark.integration
 
 CONVERGE = 15  # generous: the machine is shared; the daemon itself needs tens of ms
+
+
+def make_daemon_lab(procs, workdir, config: str = ""):
+    """An LB in run mode (kit.lb: fast [daemon] defaults unless `config` has its own table)."""
+    return start_lb(procs, workdir, config, mode="run")
 
 
 @pytest.fixture

@@ -8,28 +8,29 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from realparts import ROOT, LbLab, Processes, SerfNode, make_lb, wait_until
+from kit.lb import LoadBalancer, start_lb
+from kit.net import wait_until
+from kit.paths import ROOT
+from kit.procs import Processes
+from kit.serfnode import SerfNode, serf
 
 pytestmark = pytest.mark.integration
 
-HANDLER = f"{sys.executable} -m lbsync handle"
 PAGE_503 = (ROOT / "lbsync" / "templates" / "lbs_503.html").read_text()
 ROUTE_TIMEOUT = 15  # Serf coalesces member events for ~1 s before it runs a handler
 
 
 def make_lab(procs: Processes, workdir: Path, config: str = "", lb_ip: str = "127.0.0.1",
-             join: SerfNode | None = None) -> LbLab:
+             join: SerfNode | None = None) -> LoadBalancer:
     """nginx on a free port, then an LB Serf agent whose handler is `lbsync handle`."""
-    return make_lb(procs, workdir, config, lb_ip, join, handler=HANDLER)
+    return start_lb(procs, workdir, config, mode="hook", lb_ip=lb_ip, join=join)
 
 
 @pytest.fixture
-def lab(procs, tmp_path) -> LbLab:
+def lab(procs, tmp_path) -> LoadBalancer:
     return make_lab(procs, tmp_path / "lb")
 
 
@@ -39,25 +40,21 @@ def test_join_routes_and_leave_unroutes(lab):
     wait_until(lambda: lab.served_by() == {"serf-web1", "serf-web2"}, ROUTE_TIMEOUT, "both nodes routed")
     web1.proc.stop(signal.SIGINT)  # serf's graceful leave on interrupt
     wait_until(lambda: lab.served_by() == {"serf-web2"}, ROUTE_TIMEOUT, "web1 out of rotation")
-    subprocess.run(["serf", "leave", "-rpc-addr", web2.rpc_addr], check=True, timeout=20,
-                   capture_output=True)
+    serf("leave", "-rpc-addr", web2.rpc_addr)
     wait_until(lambda: lab.served_by(4) == {"HTTP 503"}, ROUTE_TIMEOUT, "empty pool answers 503")
     # nginx reloads asynchronously: an old worker may take one more connection, so poll.
     wait_until(lambda: lab.nginx.get() == (503, PAGE_503), 5, "the 503 page")
     assert "placeholder" in lab.upstream()
-    assert subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", str(lab.nginx.prefix),
-                           "-c", str(lab.nginx.conf)]).returncode == 0
+    assert lab.nginx.test_config()  # nginx -t -q
 
 
 def test_tag_updates_rerender(lab):
     web1 = lab.web(1)
     lab.web(2)
     wait_until(lambda: "web2" in lab.upstream() and "web1" in lab.upstream(), ROUTE_TIMEOUT, "two backends")
-    subprocess.run(["serf", "tags", "-rpc-addr", web1.rpc_addr, "-set", "weight=7"], check=True,
-                   capture_output=True, timeout=10)
+    serf("tags", "-rpc-addr", web1.rpc_addr, "-set", "weight=7")
     wait_until(lambda: "weight=7;  # web1" in lab.upstream(), ROUTE_TIMEOUT, "weight re-rendered")
-    subprocess.run(["serf", "tags", "-rpc-addr", web1.rpc_addr, "-set", "drain=1"], check=True,
-                   capture_output=True, timeout=10)
+    serf("tags", "-rpc-addr", web1.rpc_addr, "-set", "drain=1")
     wait_until(lambda: "down;  # web1 (draining)" in lab.upstream(), ROUTE_TIMEOUT, "drain rendered down")
     wait_until(lambda: lab.served_by() == {"serf-web2"}, 5, "drained node gets no new requests")
 

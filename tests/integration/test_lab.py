@@ -2,27 +2,15 @@
 
 The lab runs in a temporary LAB_DIR on its own loopback network and free ports, so it never
 meets a developer's running lab. Its processes are started by the scripts (in their own
-sessions); the fixture's finaliser runs lab/down.sh and then SIGKILLs every PID still recorded
-under LAB_DIR, so nothing outlives the test even when it fails.
+sessions); the fixture's finaliser (kit.labrun.running_lab) runs lab/down.sh and then SIGKILLs
+every PID still recorded under LAB_DIR, so nothing outlives the test even when it fails.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import pytest
-from realparts import ROOT, free_port, require, wait_until
+from kit.labrun import RequestLoop, running_lab
+from kit.net import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,113 +19,10 @@ ROUTE_TIMEOUT = 30  # Serf coalesces member events (~1 s) and the hook reloads n
 FAIL_TIMEOUT = 45  # Serf's failure detection (local profile: a few seconds) plus the reload
 
 
-@dataclass
-class Lab:
-    dir: Path
-    env: dict
-
-    def sh(self, script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(ROOT / "lab" / script), *args], env=self.env, capture_output=True,
-                                text=True, timeout=timeout, check=False)
-        assert result.returncode == 0, f"{script} {' '.join(args)}: {result.stdout}\n{result.stderr}"
-        return result
-
-    @property
-    def port(self) -> int:
-        return int(self.env["HTTP_PORT"])
-
-    def get(self) -> tuple[int, str, str]:
-        """(status, body, the upstream address nginx used) of one GET on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("GET", "/")
-            response = conn.getresponse()
-            return response.status, response.read().decode().strip(), response.getheader("X-Upstream", "")
-        except OSError as exc:
-            return 0, repr(exc), ""
-        finally:
-            conn.close()
-
-    def served(self, tries: int = 9) -> set[str]:
-        return {body if status == 200 else f"HTTP {status}" for status, body, _ in
-                (self.get() for _ in range(tries))}
-
-    def lbsync_log(self) -> str:
-        return (self.dir / "lb" / "lbsync.log").read_text()
-
-    def upstream(self) -> str:
-        return (self.dir / "nginx" / "conf.d" / "lbs_upstream.conf").read_text()
-
-    def members(self) -> dict[str, str]:
-        with self.client() as client:
-            return {m["Name"]: m["Status"] for m in client.members()}
-
-    def client(self):
-        from lbsync.serf import SerfClient
-
-        token = json.loads((self.dir / "secrets.json").read_text())["rpc_auth"]
-        return SerfClient(f"127.0.0.1:{self.env['LB_RPC_PORT']}", token)
-
-    def pids(self) -> dict[int, str]:
-        out = subprocess.run([sys.executable, str(ROOT / "lab" / "labtool.py"), "pids", str(self.dir)],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-        return {int(line.split()[0]): line.split()[1] for line in out.splitlines()}
-
-
-@contextlib.contextmanager
-def running_lab(tmp_path: Path, net: str) -> Iterator[Lab]:
-    """A lab in tmp_path on loopback network `net` with free ports; everything it started is
-    stopped on exit (down.sh, then SIGKILL for any PID still recorded), even when a test fails."""
-    require("serf"), require("nginx")
-    lab_dir = tmp_path / "lab"
-    env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": net, "PYTHON": sys.executable,
-           "LB_IP": "127.0.0.1", "LB_SERF_PORT": str(free_port()), "LB_RPC_PORT": str(free_port()),
-           "HTTP_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{net}.1")),
-           "WEB_SERF_PORT": str(free_port(f"{net}.1")), "WEB_RPC_PORT": str(free_port(f"{net}.1"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
-    lab = Lab(lab_dir, env)
-    try:
-        yield lab
-    finally:
-        subprocess.run([str(ROOT / "lab" / "down.sh")], env=env, capture_output=True, timeout=120, check=False)
-        for pid in lab.pids():  # whatever down.sh could not stop
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def lab(tmp_path):
     with running_lab(tmp_path, NET) as lab:
         yield lab
-
-
-@dataclass
-class RequestLoop:
-    """Sequential GETs through the LB on fresh connections, in a thread; bounded in count and time."""
-
-    lab: Lab
-    limit: int = 20000
-    max_seconds: float = 120
-    pace: float = 0.005  # a steady rate, not a flood: the machine is shared
-    results: list[tuple[int, str, str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and len(self.results) < self.limit and time.monotonic() < deadline:
-            self.results.append(self.lab.get())
-            self._stop.wait(self.pace)
-
-    def stop(self) -> list[tuple[int, str, str]]:
-        self._stop.set()
-        self._thread.join(30)
-        return self.results
-
-    def failures(self) -> list[tuple[int, str, str]]:
-        return [r for r in self.results if r[0] != 200]
 
 
 def test_lab_boot_drain_kill_reboot_and_down(lab):

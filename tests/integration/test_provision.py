@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from realparts import ROOT, Proc, Processes, connects, died, free_port, require, wait_until
+from kit.net import connects, free_port, wait_until
+from kit.paths import ROOT
+from kit.procs import Proc, Processes, died, require
 
-from lbsync.layers import load
 from lbsync.drivers.reload import render_upstream
+from lbsync.layers import load
 from lbsync.members import select
 from lbsync.plan import Plan
 

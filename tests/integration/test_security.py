@@ -11,18 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from realparts import Proc, Processes, free_port, require, wait_until
+from kit.net import connects, free_port, wait_until
+from kit.procs import Proc, Processes, died, require
+from kit.serfnode import SerfNode, start_serf
+from kit.serfnode import serf as serf_cli
 
-from lbsync import install
-from lbsync.layers import load
-from lbsync.errors import SourceError
+from lbsync import hostfiles, install
 from lbsync.drivers.reload import render_upstream
+from lbsync.errors import SourceError
+from lbsync.layers import load
 from lbsync.members import select
 from lbsync.plan import Plan
 
@@ -41,31 +43,17 @@ class Node:
 
 def _wait_rpc(proc: Proc, rpc_addr: str) -> None:
     host, port = rpc_addr.rsplit(":", 1)
-
-    def up() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"{proc.name} exited {proc.popen.returncode}:\n{proc.output()[-2000:]}")
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    wait_until(up, 10, f"{proc.name} RPC")
+    wait_until(lambda: connects(host, int(port)) or died(proc), 10, f"{proc.name} RPC")
 
 
-def start_agent(procs: Processes, name: str, ip: str, config: dict | None = None) -> Node:
-    """`serf agent` on ip with free ports; `config` (keys, token) goes in a -config-file."""
-    bind, rpc = f"{ip}:{free_port(ip)}", f"{ip}:{free_port(ip)}"
-    argv = [require("serf"), "agent", "-node", name, "-bind", bind, "-rpc-addr", rpc,
-            "-profile", "local", "-tag", "role=web", "-tag", "port=80"]
+def start_agent(procs: Processes, name: str, ip: str, config: dict | None = None) -> SerfNode:
+    """`serf agent` tagged role=web on ip with free ports; `config` (keys, token) goes in a -config-file."""
+    extra = []
     if config:
         path = procs.workdir / f"{name}.json"
         path.write_text(json.dumps(config))
-        argv += ["-config-file", str(path)]
-    proc = procs.start(f"serf-{name}", argv)
-    _wait_rpc(proc, rpc)
-    return Node(name, bind, rpc, proc)
+        extra = ["-config-file", str(path)]
+    return start_serf(procs, name, ip, {"role": "web", "port": "80"}, extra=extra)
 
 
 @dataclass
@@ -87,7 +75,7 @@ def lb(procs, tmp_path) -> KeyedLB:
     root = tmp_path / "root"
     args = parser.parse_args(["--role", "lb", "--node-name", "lb", "--ip", LB_IP, "--network", NETWORK,
                               "--mode", "run", "--secrets", str(tmp_path / "secrets"), "--root", str(root)])
-    install.apply(install.plan(args), root)
+    hostfiles.apply(install.plan(args), root)
     bind, rpc = f"{LB_IP}:{free_port(LB_IP)}", f"{LB_IP}:{free_port(LB_IP)}"
     argv = [require("serf"), "agent", "-profile", "local"]
     for path in sorted((root / "etc/serf").glob("*.json")):
@@ -107,7 +95,7 @@ def lb(procs, tmp_path) -> KeyedLB:
 
 
 def serf(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([require("serf"), *args], check=False, capture_output=True, text=True, timeout=20)
+    return serf_cli(*args, check=False)
 
 
 def names(lb: KeyedLB) -> set[str]:

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from realparts import SerfNode, free_port, start_serf, wait_until
+from kit.net import free_port, wait_until
+from kit.serfnode import SerfNode, start_serf
 
 from lbsync.errors import SourceError
 from lbsync.serf import SerfClient
