@@ -23,11 +23,11 @@ unit: deps
 demo: deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./lab/demo.sh
 
-bench: deps
-	$(PY) bench/run.py --quick
+bench: deps  # the benchmarks build their LBs with the test kit (tests/kit)
+	PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(PY) bench/run.py --quick
 
 bench-full: deps
-	$(PY) bench/run.py --full
+	PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(PY) bench/run.py --full
 
 lint: deps
 	$(VENV)/bin/ruff check lbsync tests bench lab

@@ -14,7 +14,6 @@ delays the next membership event. Measured here:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import sys
@@ -22,9 +21,15 @@ import time
 from pathlib import Path
 
 from common import ROOT, emit, summary, timed
-from realparts import Nginx, Processes, free_port, start_serf, wait_until
+from kit.net import wait_until
+from kit.nginx import Nginx, start_nginx
+from kit.procs import Processes
+from kit.records import web_records
+from kit.serfnode import start_serf
+from kit.source import ListSource
 
 PROFILES = {  # repeats of (unchanged, changed) runs per size
+    "smoke": {"unchanged": 3, "changed": 2, "start": 3, "agents": (1, 3), "memory": (100,), "idle": 1.0},
     "quick": {"unchanged": 15, "changed": 7, "start": 15, "agents": (1, 10, 100), "memory": (1000, 10000),
               "idle": 10.0},
     "full": {"unchanged": 40, "changed": 15, "start": 40, "agents": (1, 10, 100), "memory": (1000, 10000),
@@ -34,19 +39,6 @@ HANDLE = [sys.executable, "-m", "lbsync", "handle"]
 FAKE_HANDLE = [sys.executable, str(Path(__file__).resolve().parent / "fake_handle.py")]
 EVENT_LINE = "web1\t127.0.3.1\tweb\trole=web,port=8080\n"
 PLACEHOLDER = "upstream lbs_backend { server 127.0.0.1:1 down; }  # forces the changed path\n"
-
-
-def fake_members(count: int) -> list[dict]:
-    """`count` alive web members on distinct loopback addresses, as Serf sends them (raw Addr)."""
-    return [{"Name": f"web{i:05d}", "Addr": ipaddress.IPv4Address(f"127.1.{i // 250}.{i % 250 + 1}").packed,
-             "Port": 7946, "Status": "alive", "Tags": {"role": "web", "port": "8080"}} for i in range(count)]
-
-
-def decoded(records: list[dict]) -> list[dict]:
-    """What SerfClient.members_filtered returns for `records`: Addr as an address object."""
-    from lbsync.serf import decode_addr
-
-    return [{**record, "Addr": decode_addr(record["Addr"])} for record in records]
 
 
 def run_hook(argv: list[str], env: dict, expect: str) -> float:
@@ -118,7 +110,7 @@ def lb_env(nginx: Nginx, workdir: Path, rpc_addr: str) -> dict:
     an installed host: without it every run would recompile lbsync's sources."""
     (workdir / "lbsync.toml").write_text("")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SERF_EVENT": "member-join",
-           "PYTHONPYCACHEPREFIX": str(workdir / "pycache"), **nginx.settings_overrides(workdir, rpc_addr)}
+           "PYTHONPYCACHEPREFIX": str(workdir / "pycache"), **nginx.settings_env(workdir, rpc_addr)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
@@ -170,11 +162,12 @@ def in_memory(workdir: Path, nginx: Nginx, repeats: dict) -> dict:
     settings = load(env=env)
     out = {}
     for size in repeats["memory"]:
-        records = fake_members(size)
+        records = web_records(size)
         members_file = workdir / f"members-{size}.msgpack"
         members_file.write_bytes(msgpack.packb({"Members": records}))
-        hook = measure_paths(FAKE_HANDLE, {**env, "BENCH_FAKE_MEMBERS": str(members_file)}, nginx, repeats)
-        source = _ListSource(decoded(records))
+        fake_env = {**env, "BENCH_FAKE_MEMBERS": str(members_file), "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+        hook = measure_paths(FAKE_HANDLE, fake_env, nginx, repeats)
+        source = ListSource(records)
         unchanged = [timed(reconcile, settings, source)[0] for _ in range(repeats["unchanged"])]
         changed = []
         for _ in range(repeats["changed"]):
@@ -184,14 +177,6 @@ def in_memory(workdir: Path, nginx: Nginx, repeats: dict) -> dict:
                           "in_process_changed_ms": summary(changed)}
         print(f"   handle, {size} members from a file: {_brief(out[str(size)])}", flush=True)
     return out
-
-
-class _ListSource:
-    def __init__(self, records: list[dict]):
-        self.records = records
-
-    def members(self) -> list[dict]:
-        return self.records
 
 
 def _alive_web(rpc_addr: str) -> int:
@@ -211,7 +196,7 @@ def main(profile: str, workdir: Path) -> dict:
     repeats = PROFILES[profile]
     procs = Processes(workdir)
     try:
-        nginx = Nginx(workdir / "nginx", free_port()).start(procs)
+        nginx = start_nginx(procs, workdir / "nginx")
         started = time.monotonic()
         result = {"profile": profile, "real_agents": real_agents(procs, workdir, nginx, repeats),
                   "in_memory": in_memory(workdir, nginx, repeats)}

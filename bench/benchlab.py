@@ -10,6 +10,7 @@ own 127.0.x.y address, and one bench/multiweb.py process answers for all their w
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import sys
@@ -18,8 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BENCH, ROOT
-from realparts import Nginx, Proc, Processes, SerfNode, died, free_port, http_get, start_serf, wait_until
+from common import BENCH
+from kit.lb import LoadBalancer, nginx_for, start_lb
+from kit.net import free_port, wait_until
+from kit.procs import Proc, Processes, died
+from kit.serfnode import SerfNode, start_serf
 
 MODES = ("handle", "run", "naive")
 NAIVE = BENCH / "peers" / "naive_handler.sh"
@@ -41,15 +45,13 @@ class WebNode:
 
 
 @dataclass
-class BenchLab:
-    mode: str
-    procs: Processes
-    workdir: Path
-    nginx: Nginx
-    lb: SerfNode
+class BenchLab(LoadBalancer):
+    """The kit's LB (nginx, the LB's Serf agent, what follows it) plus the benchmark's web nodes
+    and a count of the requests that failed, by kind."""
+
+    column: str = ""  # handle, run or naive
     nodes: dict[str, WebNode] = field(default_factory=dict)
-    daemon: Proc | None = None
-    failures: Counter = field(default_factory=Counter)  # failed client requests, by kind
+    failures: Counter = field(default_factory=Counter)
 
     def start_agent(self, node: WebNode, join: bool = False) -> SerfNode:
         """The node's Serf agent, joined to the LB now or left for `join()` to time.
@@ -90,7 +92,7 @@ class BenchLab:
 
     def served(self, timeout: float = 2.0) -> str:
         """Who answered one fresh request: a node name, or 'HTTP <status>' / 'error'."""
-        status, body = http_get("127.0.0.1", self.nginx.port, "/", timeout)
+        status, body = self.nginx.get("/", timeout)
         if status == 200:
             return body.strip()
         kind = f"HTTP {status}" if status else "error"
@@ -100,11 +102,6 @@ class BenchLab:
     def failures_since(self, before: Counter) -> dict[str, int]:
         return dict(self.failures - before)
 
-    def reloads(self) -> int:
-        """Reloads nginx's master received (it logs two "reconfiguring" lines per reload)."""
-        log = (self.nginx.prefix / "error.log").read_text(errors="replace")
-        return log.count("signal 1 (SIGHUP) received")
-
     def config_servers(self) -> list[str]:
         """Endpoints the upstream file routes to (includes inlined, `down` servers left out)."""
         text = self.nginx.upstream.read_text()
@@ -113,10 +110,7 @@ class BenchLab:
         return servers_in(text)
 
     def config_valid(self) -> bool:
-        import subprocess
-
-        return subprocess.run(["nginx", "-t", "-q", "-p", str(self.nginx.prefix), "-c", str(self.nginx.conf)],
-                              capture_output=True, timeout=30).returncode == 0
+        return self.nginx.test_config()
 
 
 def servers_in(text: str) -> list[str]:
@@ -129,34 +123,24 @@ def make_lab(mode: str, procs: Processes, workdir: Path, nodes: list[WebNode]) -
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
     workdir.mkdir(parents=True, exist_ok=True)
-    nginx = Nginx(workdir / "nginx", free_port()).start(procs)
     _start_web(procs, nodes)
-    rpc_port = free_port("127.0.0.1")
-    env = _lb_env(mode, nginx, workdir, f"127.0.0.1:{rpc_port}")
-    handler = {"handle": f"{sys.executable} -m lbsync handle",
-               "naive": f"member-join,member-leave,member-failed={NAIVE}"}.get(mode)
-    lb = start_serf(procs, f"lb-{mode}", "127.0.0.1", {"role": "lb"}, handler=handler, env=env,
-                    rpc_port=rpc_port)
-    lab = BenchLab(mode, procs, workdir, nginx, lb, {n.name: n for n in nodes})
+    env = {"PYTHONPYCACHEPREFIX": str(workdir / "pycache"),
+           "PYTHONDONTWRITEBYTECODE": ""}  # empty = unset: cache bytecode as an installed host has it
+    handler = None
+    if mode == "naive":  # a hook too, with the naive peer's script and files
+        servers, nginx = workdir / "naive_servers.conf", nginx_for(workdir)
+        servers.write_text("")
+        env.update(NAIVE_SERVERS=str(servers), NAIVE_UPSTREAM=str(nginx.upstream), NAIVE_RELOAD=nginx.reload_command)
+        handler = f"member-join,member-leave,member-failed={NAIVE}"
+    base = start_lb(procs, workdir, RUN_TOML if mode == "run" else "", mode="run" if mode == "run" else "hook",
+                    handler=handler, env=env)
+    lab = BenchLab(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, column=mode,
+                   nodes={n.name: n for n in nodes})
     if mode == "run":
-        lab.daemon = procs.start("lbsync-run", [sys.executable, "-m", "lbsync", "run"], env)
-        wait_until(lambda: nginx.upstream.read_text().startswith("# lbsync") or died(lab.daemon), 30,
+        daemon = lab.start_daemon(verbose=False)
+        wait_until(lambda: lab.nginx.upstream.read_text().startswith("# lbsync") or died(daemon), 30,
                    "lbsync run to reconcile once")
     return lab
-
-
-def _lb_env(mode: str, nginx: Nginx, workdir: Path, rpc_addr: str) -> dict:
-    """Environment of the LB agent (and so of its handler) or of the daemon."""
-    (workdir / "lbsync.toml").write_text(RUN_TOML if mode == "run" else "")
-    env = {"PYTHONPATH": str(ROOT), "PYTHONPYCACHEPREFIX": str(workdir / "pycache"),
-           **nginx.settings_overrides(workdir, rpc_addr)}
-    if mode == "naive":
-        servers = workdir / "naive_servers.conf"
-        servers.write_text("")
-        env.update(NAIVE_SERVERS=str(servers), NAIVE_UPSTREAM=str(nginx.upstream),
-                   NAIVE_RELOAD=nginx.reload_command)
-    env["PYTHONDONTWRITEBYTECODE"] = ""  # empty = unset: cache bytecode as an installed host has it
-    return env
 
 
 def _start_web(procs: Processes, nodes: list[WebNode]) -> Proc:

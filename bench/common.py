@@ -1,15 +1,14 @@
-"""What every benchmark shares: statistics, the results table, JSON output, and the path setup.
+"""What every benchmark shares: statistics, the results table, JSON output, where things are.
 
-The statistics and formatting here are pure (unit-tested in tests/unit/test_bench_smoke.py);
-the real processes come from tests/realparts.py, which this module puts on sys.path so the
-benchmarks start serf, nginx and web servers exactly the way the integration tests do.
+The statistics and formatting here are pure (checked by bench/checks.py); the real processes
+come from the test kit (tests/kit, on PYTHONPATH: `make bench` sets it), so the benchmarks start
+serf, nginx and web servers exactly the way the integration tests do.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,9 +17,6 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-for _path in (str(ROOT), str(ROOT / "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -16,8 +16,10 @@ import time
 from collections import Counter
 
 from benchlab import BenchLab, WebNode, now
-from realparts import ROOT, free_port, wait_until
-from scenarios import ROUTE_DEADLINE, THINK, failed, wait_answer
+from kit.lb import start_web
+from kit.net import free_port
+from kit.paths import ROOT
+from probes import ROUTE_DEADLINE, THINK, failed, wait_answer
 
 DRAIN_TIMEOUT = 8.0  # the agent's bounded wait; a peer that ignores `drain` costs all of it
 REQUEST_GAP = 0.01  # the steady client: one fresh request about every 10 ms
@@ -39,10 +41,7 @@ def agent_config(lab: BenchLab, node: WebNode, access_log: str) -> str:
 def boot_and_stop(lab: BenchLab, node: WebNode) -> dict:
     """One trial: boot the node, see it routed, SIGTERM it under load, see it gone."""
     access_log = str(lab.workdir / f"access-{node.name}.log")
-    web = lab.procs.start(f"web-{node.name}", [sys.executable, str(ROOT / "lab" / "webserver.py"),
-                                                "--name", node.name, "--bind", node.ip,
-                                                "--port", str(node.port), "--access-log", access_log])
-    wait_until(lambda: _listening(node), 10, f"{node.name}'s web server")
+    web = start_web(lab.procs, node.name, node.ip, node.port, "--access-log", access_log)
     config = agent_config(lab, node, access_log)
     time.sleep(THINK)  # workload spacing, not a wait for correctness
     start = now()
@@ -85,16 +84,6 @@ def agent_trials(lab: BenchLab, nodes: list[WebNode]) -> dict:
             "failed_during_stop": sum(column("failed_during_stop")),
             "requests_during_stop": sum(column("requests_during_stop")),
             "agent_exit_ms_max": max((e for e in column("agent_exit_ms") if e is not None), default=None)}
-
-
-def _listening(node: WebNode) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((node.ip, node.port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -14,9 +14,9 @@ import time
 from collections import Counter
 
 from benchlab import BenchLab, WebNode, now
-from realparts import wait_until
+from kit.net import wait_until
+from probes import settle
 from scenario_faults import Load
-from scenarios import settle
 
 KEEPALIVE_GAP = 0.04
 

@@ -14,15 +14,16 @@ hook and the naive peer have none (nginx OSS has no active checks).
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from benchlab import BenchLab, WebNode, now
-from realparts import ROOT, http_get, start_serf, wait_until
-from scenarios import ROUTE_DEADLINE
+from kit.lb import start_web
+from kit.net import http_get, wait_until
+from kit.serfnode import start_serf
+from probes import ROUTE_DEADLINE
 
 RATE = 50.0  # requests per second
 CLIENT_TIMEOUT = 5.0
@@ -68,8 +69,7 @@ class Load:
 
 def fault_trial(lab: BenchLab, node: WebNode, hang: bool) -> dict:
     """One node fails under load; time until nginx's upstream no longer routes to it."""
-    web = lab.procs.start(f"web-{node.name}", [sys.executable, str(ROOT / "lab" / "webserver.py"), "--name",
-                                                node.name, "--bind", node.ip, "--port", str(node.port)])
+    web = start_web(lab.procs, node.name, node.ip, node.port)
     serf = start_serf(lab.procs, node.name, node.ip, {"role": "web", "port": str(node.port)},
                       join=lab.lb.bind_addr, extra=["-log-level", "info"])
     wait_until(lambda: node.endpoint in lab.config_servers() and lab.served() == node.name, ROUTE_DEADLINE,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from benchlab import BenchLab, make_lab, nodes_for, now
 from common import emit
-from realparts import Processes
-from scenarios import exactness, settle
+from kit.procs import Processes
+from probes import exactness, settle
 
 DEADLINE = 60.0
 SEEDS = 20

@@ -1,5 +1,8 @@
 """The side-by-side scenarios (issue 7), run once per mode against a fresh BenchLab.
 
+Shared waits and checks are in probes.py; the scenarios with files of their own (agent, faults,
+churn) build on probes and benchlab only, so nothing imports back into this module.
+
 Each scenario is bounded by deadlines, measures from the moment the harness acts (a `join` RPC
 on the new node, SIGINT to a leaving node's agent) to what a client sees through nginx, and
 returns plain data. The lab's processes are all stopped by PID in `run_mode`'s finally.
@@ -15,45 +18,28 @@ from pathlib import Path
 
 from benchlab import BenchLab, WebNode, make_lab, nodes_for, now
 from common import emit, summary
-from realparts import Processes, http_get, wait_until
+from kit.net import http_get, wait_until
+from kit.procs import Processes
+from probes import (
+    CONVERGE_DEADLINE,
+    EMPTY_DEADLINE,
+    ROUTE_DEADLINE,
+    THINK,
+    exactness,
+    failed,
+    served_exactly,
+    settle,
+    wait_answer,
+)
+from scenario_agent import agent_trials
+from scenario_churn import churn
+from scenario_faults import fault_trials
 
 PROFILES = {
+    "smoke": {"trials": 2, "burst": 5, "keep": 3, "agents": 1, "faults": False, "churn": 0},  # harness check
     "quick": {"trials": 15, "burst": 50, "keep": 3, "agents": 2, "faults": True, "churn": 0},
     "full": {"trials": 30, "burst": 50, "keep": 3, "agents": 5, "faults": True, "churn": 60.0},
 }
-ROUTE_DEADLINE = 15.0  # Serf's hook path alone coalesces for 1-3 s
-CONVERGE_DEADLINE = 20.0
-EMPTY_DEADLINE = 10.0
-THINK = 1.1  # quiet time before each timed change: longer than the daemon's 1 s reload budget
-
-
-def failed(answer: str) -> bool:
-    """A client-visible failure: no 200 (a 503 while some node is in the pool counts too)."""
-    return answer.startswith(("HTTP", "error"))
-
-
-def wait_answer(lab: BenchLab, start: float, done, deadline: float,
-                streak: int = 1) -> tuple[float | None, int]:
-    """Poll fresh requests until `done(answer)` holds `streak` times in a row.
-
-    Returns (seconds from `start` to the first answer of that streak, or None at the deadline;
-    failed requests seen meanwhile).
-    """
-    errors, run, first = 0, 0, 0.0
-    while now() - start < deadline:
-        answer = lab.served()
-        errors += failed(answer)
-        if done(answer):
-            first = first if run else now()
-            run += 1
-            if run >= streak:
-                return first - start, errors
-        else:
-            run = 0
-        time.sleep(0.002)
-    return None, errors
-
-
 def join_leave(lab: BenchLab, nodes: list[WebNode]) -> dict:
     """Per trial: a fresh agent joins (timed to its first routed request), then leaves gracefully."""
     joins, leaves, errors, timeouts = [], [], 0, 0
@@ -138,28 +124,6 @@ def empty_pool(lab: BenchLab, last: list[WebNode]) -> dict:
             "config_servers": lab.config_servers(), "reloads": lab.reloads() - reloads}
 
 
-def exactness(lab: BenchLab, expected: list[str]) -> dict:
-    """How the upstream file differs from `expected`: stale, missing, duplicated servers."""
-    servers = lab.config_servers()
-    return {"upstream_exact": servers == expected, "stale": sorted(set(servers) - set(expected)),
-            "missing": sorted(set(expected) - set(servers)), "duplicates": len(servers) - len(set(servers))}
-
-
-def served_exactly(lab: BenchLab, nodes: list[WebNode]) -> bool:
-    """Every node answers, and nothing else does, over three rounds of round robin."""
-    answers = {lab.served() for _ in range(3 * len(nodes))}
-    return answers == {n.name for n in nodes}
-
-
-def settle(lab: BenchLab, quiet: float = 2.5, deadline: float = 15.0) -> None:
-    """Wait (bounded) until nginx has not been reloaded for `quiet` s: late handler runs count."""
-    count, since, start = lab.reloads(), now(), now()
-    while now() - since < quiet and now() - start < deadline:
-        time.sleep(0.1)
-        if lab.reloads() != count:
-            count, since = lab.reloads(), now()
-
-
 def _wait_exited(nodes: list[WebNode], timeout: float = 15.0) -> None:
     wait_until(lambda: not any(n.serf.proc.alive() for n in nodes), timeout, "leaving agents to exit",
                interval=0.1)
@@ -181,10 +145,6 @@ def run_mode(mode: str, profile: str, workdir: Path) -> dict:
         lab.start_agent(base[0], join=True)
         wait_until(lambda: lab.served() == base[0].name, 30, "the first web node routed")
         keep = bursting[:shape["keep"]]
-        from scenario_agent import agent_trials  # these build on this module
-        from scenario_churn import churn
-        from scenario_faults import fault_trials
-
         steps = (("join_leave", lambda: join_leave(lab, trials)),
                  ("agent", lambda: agent_trials(lab, agents)),
                  ("faults", lambda: fault_trials(lab, faulty)),

@@ -27,7 +27,8 @@ if [ -z "${PYTHON:-}" ]; then  # the checkout's venv (make demo makes it), else 
 fi
 export LAB_DIR LAB_NET LB_IP LB_SERF_PORT LB_RPC_PORT HTTP_PORT WEB_PORT WEB_SERF_PORT WEB_RPC_PORT
 export LAB_MODE PYTHON
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # lbsync importable from the checkout
+# lbsync importable from the checkout, and the test kit (tests/kit: the nginx layout the tests use)
+export PYTHONPATH="$REPO:$REPO/tests${PYTHONPATH:+:$PYTHONPATH}"
 
 tool() {  # status 69: $PYTHON cannot run the lab at all; stop here whatever the caller tests
     local status=0

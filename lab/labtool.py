@@ -5,6 +5,8 @@ The scripts stay short shell that shows the real `serf`/`nginx`/`lbsync` command
 parts (starting a process in its own session with a pid file, telling a live PID from a reused
 one, polling with a deadline, rendering nginx's config) live here.
 
+The nginx layout is the test kit's (kit.nginx), so the lab runs what the tests run.
+
 Pid files hold "PID START_TIME": a PID alone could name an unrelated process after a reboot or
 wrap-around, and the lab must never signal that.
 """
@@ -18,7 +20,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,23 +33,8 @@ except ImportError:
     sys.exit(69)  # EX_UNAVAILABLE: the scripts stop on it
 
 LAB = Path(__file__).resolve().parent
-TEMPLATES = LAB.parent / "lbsync" / "templates"
-NGINX_CONF = """\
-# The lab's nginx: everything under {prefix}, nothing in /etc/nginx.
-{user}pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-worker_processes 1;
-include {prefix}/main.d/*.conf;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
-    include {prefix}/conf.d/*.conf;
-}}
-"""
-
-
+# The nginx layout, ports and "does it listen" come from the test kit (tests/kit, on PYTHONPATH
+# through env.sh), imported where used: `labtool.py token` is also run by hand, without env.sh.
 class Failed(Exception):
     """A one-line reason; the script prints it and stops."""
 
@@ -145,15 +131,9 @@ def wait(done, timeout: float, what: str | None, fail: bool = True) -> bool:
         time.sleep(0.02)
 
 
-def connects(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
 def cmd_wait_port(args) -> None:
+    from kit.net import connects
+
     def up() -> bool:
         if args.pidfile and read_pid(args.pidfile) is None:
             log = Path(args.pidfile).with_suffix(".log")
@@ -198,35 +178,15 @@ def cmd_wait_served(args) -> None:
 
 # -- configuration ------------------------------------------------------------------------------
 
-def write_nginx_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") -> Path:
-    """nginx's whole config under `prefix`: the shipped site, 503 page and main-context snippet
-    around an upstream file (a `down` placeholder until lbsync renders one). Returns that file.
-    The tests' nginx is built by this too, so lab and tests run the same layout."""
-    for sub in ("conf.d", "main.d", "tmp", "html"):
-        (prefix / sub).mkdir(parents=True, exist_ok=True)
-    user = "user root;\n" if os.geteuid() == 0 else ""  # root's workers would run as nobody
-    write(prefix / "nginx.conf", NGINX_CONF.format(prefix=prefix, user=user))
-    write(prefix / "main.d" / "lbs_main.conf", (TEMPLATES / "lbs_main.conf").read_text())
-    write(prefix / "html" / "lbs_503.html", (TEMPLATES / "lbs_503.html").read_text())
-    sys.path.insert(0, str(LAB.parent))
-    from lbsync.render import render
-
-    site = render(TEMPLATES / "lbs_site.conf.j2", {"listen": [listen], "upstream_name": upstream_name,
-                                                   "error_root": str(prefix / "html")})
-    write(prefix / "conf.d" / "lbs_site.conf", site)
-    upstream = prefix / "conf.d" / "lbs_upstream.conf"
-    if not upstream.exists():
-        upstream.write_text(f"upstream {upstream_name} {{ server 127.0.0.1:1 down; }}\n")
-    return upstream
-
-
 def cmd_lb_config(args) -> None:
     """Secrets (once), nginx's config, lbsync's config and the LB's serf config."""
+    from kit.nginx import write_prefix
+
     lab, env = Path(args.lab_dir), os.environ
     key, token = _secrets(lab)
     prefix = lab / "nginx"
     listen = f"{env['LB_IP']}:{env['HTTP_PORT']}"
-    upstream = write_nginx_prefix(prefix, listen)
+    upstream = write_prefix(prefix, listen)
     nginx = f"nginx -p {prefix} -c {prefix / 'nginx.conf'} -e stderr"
     write(lab / "lb" / "lbsync.toml", _toml({
         "rpc_addr": f"{env['LB_IP']}:{env['LB_RPC_PORT']}", "rpc_auth": token,
@@ -266,13 +226,9 @@ def _serf_json(path: Path, key: str | None, token: str | None) -> None:
 
 def write(path: Path, text: str, mode: int = 0o644) -> None:
     """Write only when different: an unchanged file keeps its mtime, so watchers stay quiet."""
-    try:
-        same = path.read_text() == text
-    except OSError:
-        same = False
-    if not same:
-        path.write_text(text)
-    path.chmod(mode)
+    from kit.nginx import write_if_changed
+
+    write_if_changed(path, text, mode)
 
 
 def _secrets(lab: Path) -> tuple[str, str]:
@@ -350,17 +306,12 @@ def cmd_token(args) -> None:
 
 def cmd_free_port(args) -> None:
     """`preferred` when nothing listens on it (TCP and UDP), else a free port the kernel picks."""
-    for port in (args.preferred, 0):
-        try:
-            with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as serf and nginx do
-                tcp.bind((args.host, port))
-                udp.bind((args.host, tcp.getsockname()[1]))
-                print(tcp.getsockname()[1])
-                return
-        except OSError:
-            continue
-    raise Failed(f"no free port on {args.host}")
+    from kit.net import free_port
+
+    try:
+        print(free_port(args.host, args.preferred))
+    except RuntimeError as exc:
+        raise Failed(str(exc)) from None
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -5,14 +5,13 @@
 * graceful stop: from starting `lab/stop_web.sh N` under a steady request loop to the last
   request webN served (out of rotation), the script's own duration, and failed requests.
 
-Runs a private lab (temporary LAB_DIR, its own loopback network and free ports) and takes it
-down at the end. Usage: lab/measure.py [ROUNDS]   (LAB_MODE=run measures the daemon instead)
+Runs a private lab (temporary LAB_DIR, its own loopback network; up.sh moves the LB off any port
+already taken) and takes it down at the end. Usage: lab/measure.py [ROUNDS]   (LAB_MODE=run measures the daemon instead)
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,25 +20,28 @@ import threading
 import time
 from pathlib import Path
 
+from labtool import get  # beside this script, so on sys.path when it runs
+
 LAB = Path(__file__).resolve().parent
-sys.path.insert(0, str(LAB))
-
-from labtool import get  # noqa: E402  (after the sys.path line above)
-
 NET = "127.0.78"
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+PORTS = ("LB_SERF_PORT", "LB_RPC_PORT", "HTTP_PORT", "WEB_PORT", "WEB_SERF_PORT", "WEB_RPC_PORT")
 
 
 def lab_env(lab_dir: str) -> dict:
-    ports = {key: str(free_port("127.0.0.1")) for key in ("LB_SERF_PORT", "LB_RPC_PORT", "HTTP_PORT")}
-    ports |= {key: str(free_port(f"{NET}.1")) for key in ("WEB_PORT", "WEB_SERF_PORT", "WEB_RPC_PORT")}
-    return {**os.environ, **ports, "LAB_DIR": lab_dir, "LAB_NET": NET, "LB_IP": "127.0.0.1",
+    """The environment of the private lab: the LB's ports are up.sh's to choose (it skips taken
+    ones and records them in lab.env); web nodes keep the default ports on their own addresses."""
+    env = {key: value for key, value in os.environ.items() if key not in PORTS}
+    return {**env, "LAB_DIR": lab_dir, "LAB_NET": NET, "LB_IP": "127.0.0.1",
             "PYTHON": os.environ.get("PYTHON", sys.executable)}
+
+
+def lb_port(lab_dir: str) -> int:
+    """The HTTP port up.sh settled on (lab.env)."""
+    for line in (Path(lab_dir) / "lab.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "HTTP_PORT":
+            return int(value)
+    raise SystemExit("lab.env names no HTTP_PORT")
 
 
 def script(env: dict, name: str, *args: str) -> subprocess.Popen:
@@ -96,10 +98,10 @@ def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     with tempfile.TemporaryDirectory(prefix="lbsync-lab-") as tmp:
         env = lab_env(str(Path(tmp) / "lab"))
-        port = int(env["HTTP_PORT"])
         boots, stops = [], []
         try:
             finish(script(env, "up.sh"))
+            port = lb_port(env["LAB_DIR"])
             for _ in range(rounds):
                 boots += [time_boot(env, n, port) for n in (1, 2, 3)]
                 stops.append(time_stop(env, 2, port))
