@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kit.net import connects, free_port, wait_until
+from kit.net import free_port, wait_until
 from kit.paths import ROOT
-from kit.procs import Proc, Processes, died, require
+from kit.procs import Processes, require
+from kit.serfnode import SerfNode, start_serf_from
 
 from lbsync.drivers.reload import render_upstream
 from lbsync.layers import load
@@ -105,41 +106,18 @@ def test_a_web_node_without_the_lb_secrets_is_not_provisioned(tmp_path):
 
 # --- serf ----------------------------------------------------------------------------------------
 
-@dataclass
-class Agent:
-    name: str
-    rpc_addr: str
-    bind: str
-    proc: Proc
-
-
 def serf_from(procs: Processes, root: Path, name: str, ip: str, workdir: Path,
-              join: str | None = None, syslog: bool | None = None) -> Agent:
+              join: str | None = None, syslog: bool | None = None) -> SerfNode:
     """A real `serf agent` reading every /etc/serf/*.json the provisioner wrote under `root`."""
-    bind, rpc = f"{ip}:{free_port(ip)}", f"{ip}:{free_port(ip)}"
-    confdir = workdir / f"serf-{name}"
-    confdir.mkdir()
-    argv = [require("serf"), "agent"]
-    for path in sorted((root / "etc/serf").glob("*.json")):
-        config = json.loads(path.read_text())
-        host_values = {"bind": bind, "advertise": bind, "rpc_addr": rpc,
-                       "snapshot_path": str(workdir / f"{name}.snapshot"), "retry_join": [join]}
-        config.update({key: value for key, value in host_values.items() if key in config})
-        if "event_handlers" in config:  # record events instead of reconfiguring this machine
+    def record_events(config: dict) -> None:  # instead of reconfiguring this machine
+        if "event_handlers" in config:
             config["event_handlers"] = [entry.split("=", 1)[0] + f'=echo "$SERF_EVENT" >> {workdir}/events'
                                         for entry in config["event_handlers"]]
-        if "enable_syslog" in config:
-            config["enable_syslog"] = os.path.exists("/dev/log") if syslog is None else syslog
-        (confdir / path.name).write_text(json.dumps(config))
-        argv += ["-config-file", str(confdir / path.name)]
-    proc = procs.start(f"serf-{name}", argv)
-    host, port = rpc.rsplit(":", 1)
-    wait_until(lambda: connects(host, int(port)) or died(proc), 10, f"serf {name} RPC")
-    return Agent(name, rpc, bind, proc)
+
+    return start_serf_from(procs, root, name, ip, workdir, join, syslog, edit=record_events)
 
 
-
-def members(agent: Agent, token: str) -> dict[str, dict]:
+def members(agent: SerfNode, token: str) -> dict[str, dict]:
     done = subprocess.run([require("serf"), "members", "-rpc-addr", agent.rpc_addr, "-rpc-auth", token,
                            "-format", "json"], check=False, capture_output=True, text=True, timeout=10)
     assert done.returncode == 0, done.stderr
@@ -149,12 +127,12 @@ def members(agent: Agent, token: str) -> dict[str, dict]:
 def test_serf_runs_the_drop_ins_and_the_web_node_joins_the_lb(procs, roots):
     """Every key is accepted; retry_join, the shared key, the token and the merged tags all work."""
     lb = serf_from(procs, roots.lb, "lb", "127.0.0.1", roots.tmp)
-    web = serf_from(procs, roots.web, "web1", "127.0.0.11", roots.tmp, join=lb.bind)
+    web = serf_from(procs, roots.web, "web1", "127.0.0.11", roots.tmp, join=lb.bind_addr)
     seen = wait_until(lambda: members(lb, roots.token()).get("web1", {}).get("status") == "alive"
                       and members(lb, roots.token()), 15, "web1 to join the LB through retry_join")
     assert seen["lb"]["tags"] == {"role": "lb"}
     assert seen["web1"]["tags"] == {"role": "web", "port": "80", "weight": "1"}
-    assert seen["web1"]["addr"] == web.bind  # the advertised address, not another interface's
+    assert seen["web1"]["addr"] == web.bind_addr  # the advertised address, not another interface's
     wait_until(lambda: "member-join" in _read(roots.tmp / "events"), 10, "the LB hook to run")
     assert (roots.tmp / "lb.snapshot").exists()
 
@@ -162,7 +140,7 @@ def test_serf_runs_the_drop_ins_and_the_web_node_joins_the_lb(procs, roots):
 def test_sigterm_on_a_web_serf_leaves_instead_of_failing(procs, roots):
     """leave_on_terminate: systemd's or anyone's SIGTERM makes the node *left*, not *failed*."""
     lb = serf_from(procs, roots.lb, "lb", "127.0.0.1", roots.tmp)
-    web = serf_from(procs, roots.web, "web1", "127.0.0.11", roots.tmp, join=lb.bind)
+    web = serf_from(procs, roots.web, "web1", "127.0.0.11", roots.tmp, join=lb.bind_addr)
     wait_until(lambda: members(lb, roots.token()).get("web1", {}).get("status") == "alive", 15, "web1 alive")
     assert web.proc.stop(signal.SIGTERM) == 0  # a graceful leave exits 0: Restart=on-failure keeps it down
     wait_until(lambda: members(lb, roots.token())["web1"]["status"] == "left", 5, "web1 left, not failed")

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kit.net import connects, free_port, wait_until
-from kit.procs import Proc, Processes, died, require
-from kit.serfnode import SerfNode, start_serf
+from kit.net import wait_until
+from kit.procs import Processes
+from kit.serfnode import SerfNode, start_serf, start_serf_from
 from kit.serfnode import serf as serf_cli
 
 from lbsync import hostfiles, install
@@ -33,19 +32,6 @@ pytestmark = pytest.mark.integration
 LB_IP, NETWORK = "127.0.0.1", "127.0.0.0/28"  # the "lab network" here: 127.0.0.1-14
 
 
-@dataclass
-class Node:
-    name: str
-    bind: str
-    rpc_addr: str
-    proc: Proc
-
-
-def _wait_rpc(proc: Proc, rpc_addr: str) -> None:
-    host, port = rpc_addr.rsplit(":", 1)
-    wait_until(lambda: connects(host, int(port)) or died(proc), 10, f"{proc.name} RPC")
-
-
 def start_agent(procs: Processes, name: str, ip: str, config: dict | None = None) -> SerfNode:
     """`serf agent` tagged role=web on ip with free ports; `config` (keys, token) goes in a -config-file."""
     extra = []
@@ -58,7 +44,7 @@ def start_agent(procs: Processes, name: str, ip: str, config: dict | None = None
 
 @dataclass
 class KeyedLB:
-    node: Node
+    node: SerfNode
     key: str
     token: str
     root: Path
@@ -76,22 +62,9 @@ def lb(procs, tmp_path) -> KeyedLB:
     args = parser.parse_args(["--role", "lb", "--node-name", "lb", "--ip", LB_IP, "--network", NETWORK,
                               "--mode", "run", "--secrets", str(tmp_path / "secrets"), "--root", str(root)])
     hostfiles.apply(install.plan(args), root)
-    bind, rpc = f"{LB_IP}:{free_port(LB_IP)}", f"{LB_IP}:{free_port(LB_IP)}"
-    argv = [require("serf"), "agent", "-profile", "local"]
-    for path in sorted((root / "etc/serf").glob("*.json")):
-        config = json.loads(path.read_text())
-        for key, value in {"bind": bind, "advertise": bind, "rpc_addr": rpc,
-                           "snapshot_path": str(tmp_path / "lb.snapshot")}.items():
-            if key in config:
-                config[key] = value
-        if "enable_syslog" in config:
-            config["enable_syslog"] = os.path.exists("/dev/log")
-        (tmp_path / path.name).write_text(json.dumps(config))
-        argv += ["-config-file", str(tmp_path / path.name)]
-    proc = procs.start("serf-lb", argv)
-    _wait_rpc(proc, rpc)
+    node = start_serf_from(procs, root, "lb", LB_IP, tmp_path, extra=["-profile", "local"])
     secrets = json.loads((root / "etc/serf/lbsync-secrets.json").read_text())
-    return KeyedLB(Node("lb", bind, rpc, proc), secrets["encrypt_key"], secrets["rpc_auth"], root)
+    return KeyedLB(node, secrets["encrypt_key"], secrets["rpc_auth"], root)
 
 
 def serf(*args: str) -> subprocess.CompletedProcess:
@@ -108,7 +81,7 @@ def names(lb: KeyedLB) -> set[str]:
 
 def test_a_node_without_the_key_cannot_join(procs, lb):
     intruder = start_agent(procs, "intruder", "127.0.0.5")
-    done = serf("join", "-rpc-addr", intruder.rpc_addr, lb.node.bind)
+    done = serf("join", "-rpc-addr", intruder.rpc_addr, lb.node.bind_addr)
     assert done.returncode != 0 and "encrypt" in (done.stdout + done.stderr)
     assert names(lb) == {"lb"}
 
@@ -116,7 +89,7 @@ def test_a_node_without_the_key_cannot_join(procs, lb):
 def test_a_node_with_another_key_cannot_join(procs, lb):
     other = serf("keygen").stdout.strip()
     intruder = start_agent(procs, "intruder", "127.0.0.6", {"encrypt_key": other})
-    done = serf("join", "-rpc-addr", intruder.rpc_addr, lb.node.bind)
+    done = serf("join", "-rpc-addr", intruder.rpc_addr, lb.node.bind_addr)
     assert done.returncode != 0
     assert names(lb) == {"lb"}
 
@@ -124,7 +97,7 @@ def test_a_node_with_another_key_cannot_join(procs, lb):
 def test_a_node_with_the_shared_key_joins(procs, lb):
     """The control: the same join with the cluster's key succeeds, so the refusals above are real."""
     web = start_agent(procs, "web1", "127.0.0.7", {"encrypt_key": lb.key})
-    done = serf("join", "-rpc-addr", web.rpc_addr, lb.node.bind)
+    done = serf("join", "-rpc-addr", web.rpc_addr, lb.node.bind_addr)
     assert done.returncode == 0, done.stderr
     wait_until(lambda: names(lb) == {"lb", "web1"}, 10, "web1 in the LB's view")
 
@@ -162,7 +135,7 @@ def test_a_member_outside_the_allowed_network_is_never_rendered(procs, lb):
     inside = start_agent(procs, "web1", "127.0.0.7", {"encrypt_key": lb.key})
     outside = start_agent(procs, "stray", "127.0.0.99", {"encrypt_key": lb.key})
     for node in (inside, outside):
-        assert serf("join", "-rpc-addr", node.rpc_addr, lb.node.bind).returncode == 0
+        assert serf("join", "-rpc-addr", node.rpc_addr, lb.node.bind_addr).returncode == 0
     wait_until(lambda: names(lb) == {"lb", "web1", "stray"}, 10, "both in Serf's view")
     from lbsync.serf import SerfClient
 

@@ -8,8 +8,11 @@ so nodes sharing 127.0.0.1 would hide exactly the bugs a cluster has. Linux rout
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kit.net import connects, free_port, wait_until
 from kit.procs import Proc, Processes, died, require
@@ -52,6 +55,37 @@ def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None
         argv += ["-event-handler", handler]
     proc = procs.start(f"serf-{name}", argv, env)
     wait_until(lambda: connects(ip, rpc_port) or died(proc), 10, f"serf agent {name} RPC")
+    return SerfNode(name, ip, bind_port, rpc_port, proc)
+
+
+def start_serf_from(procs: Processes, root: Path, name: str, ip: str, workdir: Path, join: str | None = None,
+                    syslog: bool | None = None, edit: Callable[[dict], None] | None = None,
+                    extra: list[str] | tuple = ()) -> SerfNode:
+    """A real `serf agent` reading every root/etc/serf/*.json that a provisioner or `lbsync
+    install` wrote, as shipped but for what ties a file to a host: addresses become `ip` with free
+    ports, the snapshot goes to `workdir`, retry_join to `join`, enable_syslog follows /dev/log
+    (or `syslog`). `edit(config)` may change more, e.g. record events instead of running lbsync;
+    `extra` are command-line arguments before the config files."""
+    bind_port, rpc_port = free_port(ip), free_port(ip)
+    while rpc_port == bind_port:
+        rpc_port = free_port(ip)
+    bind, rpc = f"{ip}:{bind_port}", f"{ip}:{rpc_port}"
+    confdir = workdir / f"serf-{name}"
+    confdir.mkdir(parents=True)
+    argv = [require("serf"), "agent", *extra]
+    for path in sorted((root / "etc/serf").glob("*.json")):
+        config = json.loads(path.read_text())
+        host_values = {"bind": bind, "advertise": bind, "rpc_addr": rpc,
+                       "snapshot_path": str(workdir / f"{name}.snapshot"), "retry_join": [join]}
+        config.update({key: value for key, value in host_values.items() if key in config})
+        if "enable_syslog" in config:
+            config["enable_syslog"] = os.path.exists("/dev/log") if syslog is None else syslog
+        if edit:
+            edit(config)
+        (confdir / path.name).write_text(json.dumps(config))
+        argv += ["-config-file", str(confdir / path.name)]
+    proc = procs.start(f"serf-{name}", argv)
+    wait_until(lambda: connects(ip, rpc_port) or died(proc), 10, f"serf {name} RPC")
     return SerfNode(name, ip, bind_port, rpc_port, proc)
 
 
