@@ -22,6 +22,7 @@ import pytest
 from kit.net import free_port, wait_until
 from kit.paths import ROOT
 from kit.procs import Processes, require
+from kit.records import decoded, record
 from kit.serfnode import SerfNode, start_serf_from
 
 from lbsync.drivers.reload import render_upstream
@@ -191,9 +192,8 @@ def test_nginx_accepts_the_lb_site_with_rendered_upstreams(roots):
     empty = nginx_test(roots.lb, roots.tmp)
     assert empty.returncode == 0, empty.stderr  # as provisioned: the empty pool, 503 page
     settings = load(roots.lb / "etc/lbsync/lbsync.toml", env={})
-    records = [{"Name": f"web{n}", "Addr": f"192.168.56.{10 + n}", "Status": "alive",
-                "Tags": {"role": "web", "port": "80", "weight": str(n)}} for n in (1, 2)]
-    records.append({"Name": "stray", "Addr": "10.9.9.9", "Status": "alive", "Tags": {"role": "web"}})
+    records = [decoded(record(f"web{n}", f"192.168.56.{10 + n}", port="80", weight=str(n))) for n in (1, 2)]
+    records.append(decoded(record("stray", "10.9.9.9")))
     selection = select(records, settings)
     assert [m.name for m in selection.backends] == ["web1", "web2"]  # allowed_networks at work
     upstream = roots.lb / "etc/nginx/conf.d/lbs_upstream.conf"
