@@ -112,7 +112,8 @@ class AgentSettings(Checked):
 class DaemonSettings(Checked):
     """`lbsync run`: how fast it follows Serf and how often it reloads nginx."""
 
-    poll_interval: float = spec(0.05, number(0, 60, low_open=True))  # 20 ms while a change settles
+    poll_interval: float = spec(0.02, number(0, 60, low_open=True))  # Serf's stats: cheap change counters
+    members_interval: float = spec(0.25, number(0, 60, low_open=True))  # the full list at least this often
     debounce_min: float = spec(0.02, number(0, 60))  # quiet after the last change: one unchanged poll
     debounce_max: float = spec(0.5, number(0, 60))  # never wait longer under continuous churn
     min_reload_interval: float = spec(1.0, number(0, 3600))
@@ -194,8 +195,9 @@ class Settings(Checked):
     nginx_conf: str = spec("/etc/nginx/nginx.conf", text)
     nginx_prefix: str = spec("", text)
     reload_command: str = spec("systemctl reload nginx", command)
-    lock_file: str = spec("/run/lbsync.lock", text)
+    lock_file: str = spec("/run/lbsync/lbsync.lock", text)  # its directory is made root-only
     lock_timeout: float = spec(30.0, number(0, 3600))
+    collapse_grace: float = spec(120.0, number(0, DAY))  # hold a pool that vanished without a trace
     state_dir: str = spec("/var/lib/lbsync", text)
     log_level: str = spec("info", choice(*LOG_LEVELS))
     syslog: bool = spec(True, rules.boolean)

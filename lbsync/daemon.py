@@ -1,16 +1,19 @@
 """`lbsync run`: the long-running LB mode.
 
 Serf coalesces member events (handlers and RPC event streams alike) for about a second, but the
-agent's member list is current within milliseconds. So the daemon polls `members-filtered` every
-`poll_interval` on one persistent connection and compares a cheap key of the records; any
-change, a health verdict flipping, an edited template or config, a (re)connect and a periodic
-timer are all just triggers for the same `reconcile()` the hook runs, fed the snapshot already in
-hand. One loop, one thread for Serf (the client is not thread-safe); health probes and the file
-watcher run in their own threads and only raise flags.
+agent's member list is current within milliseconds. So the daemon polls on one persistent
+connection: Serf's `stats` every `poll_interval` (a few counters that move on every join, leave
+and failure: cheap enough to ask 50 times a second), and the full `members-filtered` list when
+they moved, and at least every `members_interval` (a peer's tag update, such as drain, moves no
+counter). Any change, a health verdict flipping, an edited template or config, a (re)connect and
+a periodic timer are all just triggers for the same `reconcile()` the hook runs, fed the snapshot
+already in hand. One loop, one thread for Serf (the client is not thread-safe); health probes and
+the file watcher run in their own threads and only raise flags.
 
-Per tick: apply requested reloads -> (re)connect -> poll -> note changes -> reconcile when the
-debounce window (quiet `debounce_min`, capped at `debounce_max`) has passed and the reload budget
-(`min_reload_interval`) allows.
+Per tick: apply requested reloads -> (re)connect -> poll -> note changes -> reconcile when due.
+With the live data plane a change is pushed as soon as it is seen: a push costs no reload. With
+the reload driver the debounce window (quiet `debounce_min`, capped at `debounce_max`) and the
+reload budget (`min_reload_interval`) turn a burst into one reload.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from typing import TYPE_CHECKING
 
 from . import metrics, sync
 from .config import Settings
+from .drivers.base import data_plane
 from .errors import LbsyncError, SourceError
 from .health import Checker, targets_for
 from .layers import config_path, load
-from .pacing import Backoff, Debounce, Snapshot, member_key, throttle_left
-from .plan import Outcome, SyncResult
+from .pacing import Backoff, Debounce, Snapshot, member_key, stats_key, throttle_left
+from .plan import SyncResult
+from .sdnotify import notify
 from .serf import RpcTarget, SerfClient, connect
 
 if TYPE_CHECKING:
@@ -68,6 +73,9 @@ class Daemon:
         self.client: SerfClient | None = None
         self.records: list[dict] = []
         self.seen: tuple | None = None  # (member key, unhealthy) last observed
+        self.counters: tuple | None = None  # Serf's stats key at the last full poll
+        self.next_members = 0.0
+        self.live = data_plane(settings) == "live"
         self.debounce = Debounce()
         self.backoff = Backoff(settings.daemon.reconnect_max)
         self.next_connect = 0.0
@@ -106,13 +114,16 @@ class Daemon:
     def _log_start(self) -> None:
         d = self.settings.daemon
         health = f"health GET {d.health_path} every {d.health_interval:g} s" if d.health_path else "health off"
-        log.info("run: following serf at %s (role %s), poll %g s, debounce %g-%g s, min reload interval "
-                 "%g s, resync every %g s, %s", self.settings.rpc_addr, self.settings.role,
-                 d.poll_interval, d.debounce_min, d.debounce_max, d.min_reload_interval,
-                 d.resync_interval, health)
+        pacing = ("live data plane: changes pushed at once" if self.live else
+                  f"reload driver: debounce {d.debounce_min:g}-{d.debounce_max:g} s, min reload interval "
+                  f"{d.min_reload_interval:g} s")
+        log.info("run: following serf at %s (role %s), poll %g s (full list every %g s), %s, resync every "
+                 "%g s, %s", self.settings.rpc_addr, self.settings.role, d.poll_interval, d.members_interval,
+                 pacing, d.resync_interval, health)
 
     def _shutdown(self) -> None:
         log.info("run: stopping")
+        notify("STOPPING=1")
         if self.watcher is not None:
             self.watcher.stop()
         if self.health is not None:
@@ -144,7 +155,8 @@ class Daemon:
         if now >= self.next_resync:
             self.debounce.force()
         d = self.settings.daemon
-        if self.debounce.due(now, d.debounce_min, d.debounce_max) and not self._throttled(now):
+        quiet = 0.0 if self.live else d.debounce_min
+        if self.debounce.due(now, quiet, d.debounce_max) and not self._throttled(now):
             self._reconcile(now)
 
     def _connect(self, now: float) -> bool:
@@ -165,9 +177,13 @@ class Daemon:
         return True
 
     def _poll(self, now: float) -> bool:
+        """Serf's counters; the full member list when they moved, a resync is due, or it is time."""
         assert self.client is not None  # tick() connects first
         try:
-            self.records = self.client.members_filtered(tags={"role": self.settings.role})
+            counters = stats_key(self.client.stats())
+            if counters != self.counters or now >= self.next_members or self.debounce.forced:
+                self.records = self.client.members_filtered(tags={"role": self.settings.role})
+                self.counters, self.next_members = counters, now + self.settings.daemon.members_interval
             return True
         except SourceError as exc:
             self._lost(now, exc)
@@ -197,6 +213,9 @@ class Daemon:
             self.debounce.note(now)
 
     def _throttled(self, now: float) -> bool:
+        """The reload budget; pushes to the live data plane are not budgeted."""
+        if self.live:
+            return False
         left = throttle_left(now, self.last_reload, self.settings.daemon.min_reload_interval)
         if left and not self.throttle_logged and self.last_reload is not None:
             log.info("throttled: last reload %.2f s ago; reconciling in %.2f s (min_reload_interval %g s)",
@@ -224,9 +243,14 @@ class Daemon:
                       type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self.view.record_error(exc, time.time())
         else:
+            if not self.view.outcomes:  # the first reconcile: nginx holds the membership now
+                notify("READY=1")
             self.view.record(result, time.time())
-            if result.outcome is Outcome.UPDATED:
+            if result.reloaded:
                 self.last_reload = now
+            if result.hold.since is not None:  # the guard holds a pool: look again when its grace ends
+                left = result.hold.since + self.settings.collapse_grace - time.time()
+                self.next_resync = min(self.next_resync, now + max(left, 0.0) + 0.01)
             if self.health is not None:
                 self.health.set_targets(targets_for(result.backends))
         self.view.health = self.health.snapshot() if self.health else {}
@@ -254,6 +278,7 @@ class Daemon:
             log.info("config reloaded: no change")
             return
         old, self.settings = self.settings, new
+        self.live = data_plane(new) == "live"
         log.info("config reloaded; re-rendering")
         if (old.rpc_addr, old.rpc_auth, old.rpc_timeout) != (new.rpc_addr, new.rpc_auth, new.rpc_timeout):
             self._drop_client()

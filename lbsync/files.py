@@ -77,22 +77,45 @@ def swap_in(path: Path, content: str) -> Callable[[], str]:
 
 
 def read_text(path: Path) -> str | None:
-    """The file's text, or None when it does not exist; unreadable -> InstallError (73)."""
+    """The file's text, or None when it does not exist; unreadable -> InstallError (73).
+
+    Bytes that are not UTF-8 are not ours: they come back replaced, so the file compares as
+    different and is overwritten, instead of failing every run.
+    """
     try:
-        return path.read_text()
+        return path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InstallError(f"cannot read {path}: {exc}") from None
+    except IsADirectoryError:
+        raise InstallError(f"{path} is a directory: remove it, lbsync writes a file there") from None
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def mark(path: Path) -> None:
+    """Create an empty marker file; a read-only or full file system is one clear error (73)."""
+    try:
+        path.touch()
+    except OSError as exc:
+        raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def unmark(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise InstallError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
 def locked(path: str, timeout: float) -> Iterator[None]:
-    """Hold an exclusive flock on `path`, waiting at most `timeout` seconds for it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise LockError(f"cannot open lock file {path}: {exc.strerror}") from None
+    """Hold an exclusive flock on `path`, waiting at most `timeout` seconds for it.
+
+    flock works on a read-only handle, so whoever can open the file can freeze every update:
+    the file is 0600 (tightened if an older one was looser), never followed through a symlink,
+    and its directory is made root-only when lbsync creates it.
+    """
+    fd = _open_lock(Path(path))
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -106,3 +129,16 @@ def locked(path: str, timeout: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        why = "it is a symlink; refusing to follow it" if exc.errno == errno.ELOOP else exc.strerror
+        raise LockError(f"cannot open lock file {path}: {why}") from None
+    info = os.fstat(fd)
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return fd

@@ -8,7 +8,7 @@ that fails a check becomes a `Skip` with a reason an operator can act on.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -93,8 +93,12 @@ def parse(raw: dict) -> Member:
     )
 
 
-def select(records: Iterable[dict], policy: Settings) -> Selection:
-    """Keep alive members with our role that pass every check of `policy`, sorted by name."""
+def select(records: Iterable[dict], policy: Settings, held: Mapping[str, str] | None = None) -> Selection:
+    """Keep alive members with our role that pass every check of `policy`, sorted by name.
+
+    `held` (endpoint -> name) is what the last applied pool served: it settles who keeps an
+    endpoint that two members claim.
+    """
     checks = _Checks(policy)
     backends: dict[str, Member] = {}
     skipped: list[Skip] = []
@@ -114,7 +118,7 @@ def select(records: Iterable[dict], policy: Settings) -> Selection:
             skipped.append(Skip(name, str(exc)))
             continue
         backends[member.name] = member
-    kept, duplicates = _unique_endpoints(sorted(backends.values(), key=lambda m: m.name))
+    kept, duplicates = _unique_endpoints(sorted(backends.values(), key=lambda m: m.name), held or {})
     return Selection(
         backends=tuple(kept),
         skipped=tuple(sorted(skipped + duplicates, key=lambda s: s.name)),
@@ -145,17 +149,41 @@ class _Checks:
             raise ValueError(f"tag backup is not supported with algorithm {self.algorithm}")
 
 
-def _unique_endpoints(members: list[Member]) -> tuple[list[Member], list[Skip]]:
-    """Two members on one host:port would double its share; the first by name wins."""
-    seen: dict[str, str] = {}
-    kept, dropped = [], []
+def _unique_endpoints(members: list[Member], held: Mapping[str, str]) -> tuple[list[Member], list[Skip]]:
+    """One member per host:port, never chosen by name: a second name on an endpoint could
+    otherwise take over its tags (drain, weight) or double its share.
+
+    The member that served the endpoint in the last applied pool keeps it; newcomers are skipped.
+    When none of the claimants served it, all are skipped: a conflict for the operator to see.
+    """
+    claims: dict[str, list[Member]] = {}
     for member in members:
-        if member.endpoint in seen:
-            dropped.append(Skip(member.name, f"{member.endpoint} is already served by {seen[member.endpoint]}"))
+        claims.setdefault(member.endpoint, []).append(member)
+    kept, dropped = [], []
+    for endpoint, claimants in claims.items():
+        holder = held.get(endpoint)
+        if len(claimants) == 1:
+            kept.append(claimants[0])
+        elif any(m.name == holder for m in claimants):
+            kept += [m for m in claimants if m.name == holder]
+            dropped += [Skip(m.name, f"{endpoint} is already served by {holder}") for m in claimants
+                        if m.name != holder]
         else:
-            seen[member.endpoint] = member.name
-            kept.append(member)
-    return kept, dropped
+            names = " and ".join(m.name for m in claimants)
+            dropped += [Skip(m.name, f"{names} both claim {endpoint} and neither served it before: "
+                                     "a conflict, refused until one leaves") for m in claimants]
+    return sorted(kept, key=lambda m: m.name), dropped
+
+
+def to_record(member: Member) -> dict:
+    """A member back as a Serf record (JSON-safe): `parse(to_record(m)) == m`, so a held member
+    re-enters the pipeline through the same checks as any other."""
+    tags = {"role": member.role, "port": str(member.port), "weight": str(member.weight),
+            "drain": "1" if member.draining else "0", "backup": "1" if member.backup else "0"}
+    for key in ("max_fails", "fail_timeout", "max_conns"):
+        if getattr(member, key) is not None:
+            tags[key] = str(getattr(member, key))
+    return {"Name": member.name, "Addr": str(member.addr), "Status": member.status, "Tags": tags}
 
 
 def _address(value: Any) -> IPAddress:

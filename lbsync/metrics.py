@@ -47,7 +47,7 @@ class View:
         outcome = result.outcome.value
         self.outcomes[outcome] += 1
         self.last_reconcile, self.last_outcome, self.last_error = now, outcome, ""
-        if outcome == "updated":
+        if result.reloaded:
             self.last_reload = now
             self.reload_times.append(now)
         if result.selection is not None:

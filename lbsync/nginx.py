@@ -7,11 +7,11 @@ never written where nginx (or anyone reloading it) could pick it up.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from .errors import NginxError, ReloadError
+from .errors import ConfigError, NginxError, ReloadError
 
 TIMEOUT = 30.0
 
@@ -26,17 +26,22 @@ http {{
 """
 
 
-def check(candidate: str, nginx_bin: str, modules: tuple[str, ...] = ()) -> None:
+def check(candidate: str, nginx_bin: str, scratch: Path, modules: tuple[str, ...] = ()) -> None:
     """Raise NginxError unless nginx accepts `candidate` as an http-level include (with `modules`
-    loaded, as the real config's main context loads them)."""
-    with tempfile.TemporaryDirectory(prefix="lbsync-check-") as tmp:
-        path = Path(tmp) / "candidate.conf"
-        path.write_text(candidate)
-        wrapper = Path(tmp) / "wrapper.conf"
-        loads = "".join(f"load_module {module};\n" for module in modules)
-        wrapper.write_text(WRAPPER.format(modules=loads, tmp=tmp, candidate=path))
-        _run([nginx_bin, "-t", "-q", "-e", "stderr", "-p", tmp, "-c", str(wrapper)],
-             NginxError, "nginx rejected the candidate config")
+    loaded, as the real config's main context loads them).
+
+    `scratch` is emptied and reused (the caller holds the run lock), so a run killed mid-check
+    leaves one directory behind, never a pile of them in /tmp.
+    """
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700, parents=True)
+    path = scratch / "candidate.conf"
+    path.write_text(candidate)
+    wrapper = scratch / "wrapper.conf"
+    loads = "".join(f"load_module {module};\n" for module in modules)
+    wrapper.write_text(WRAPPER.format(modules=loads, tmp=scratch, candidate=path))
+    _run([nginx_bin, "-t", "-q", "-e", "stderr", "-p", str(scratch), "-c", str(wrapper)],
+         NginxError, "nginx rejected the candidate config")
 
 
 def test(nginx_bin: str, conf: str, prefix: str = "") -> None:
@@ -55,8 +60,8 @@ def reload(command: str) -> None:
 def _run(command: list[str], error: type[NginxError], message: str) -> None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
-    except FileNotFoundError:
-        raise error(f"{message}: {command[0]} not found") from None
+    except (FileNotFoundError, PermissionError) as exc:  # not nginx's verdict: lbsync cannot run it
+        raise ConfigError(f"cannot run {command[0]}: {exc.strerror} (check nginx_bin / reload_command)") from None
     except subprocess.TimeoutExpired:
         raise error(f"{message}: no answer within {TIMEOUT:.0f} s") from None
     if done.returncode != 0:

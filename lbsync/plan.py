@@ -67,6 +67,14 @@ class Plan:
         return sorted(self.unhealthy & {m.name for m in self.backends})
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Backends the collapse guard kept in the pool this run, and since when it holds them."""
+
+    since: float | None = None
+    names: tuple[str, ...] = ()
+
+
 RELOADED, PUSHED = "nginx reloaded", "pushed"
 
 
@@ -87,6 +95,7 @@ class SyncResult:
     diff: str = ""
     selection: Selection | None = field(default=None, compare=False)
     action: str = ""  # what the driver did to nginx: "nginx reloaded", "pushed" or ""
+    hold: Hold = field(default_factory=lambda: Hold())  # backends kept by the collapse guard
 
     @property
     def reloaded(self) -> bool:

@@ -46,12 +46,19 @@ def write(state_dir: str, name: str, data: dict, durable: bool = False) -> None:
 
 
 def record_sync(state_dir: str, result: SyncResult) -> None:
-    """The last reconcile's result for `lbsync status`; a failure here never fails the sync."""
+    """The last reconcile's result, for `lbsync status` and for the next run's guard (the pool as
+    records, who held each endpoint, a collapse being held); a failure here never fails the sync."""
+    from .members import to_record
+
     data = {
         "time": time.time(),
         "outcome": result.outcome.value,
         "backends": [m.name for m in result.backends],
         "skipped": {s.name: s.reason for s in result.skipped},
+        "pool": {m.name: to_record(m) for m in result.backends},
+        "endpoints": {m.endpoint: m.name for m in result.backends},
+        "collapse_since": result.hold.since,
+        "held": list(result.hold.names),
     }
     try:
         write(state_dir, LAST_SYNC, data)

@@ -2,18 +2,23 @@
 
 snapshot -> select -> plan -> apply through a data-plane driver -> record. State always comes
 from the full membership the local Serf agent reports, never from an event's delta, so a missed
-or repeated event cannot make nginx drift. The run holds an flock, so a hook, a daemon and a
-manual run never interleave.
+or repeated event cannot make nginx drift. What the last run applied (state) guards two things:
+a membership that vanished without a trace is held for a grace (`guard`), and an endpoint two
+members claim stays with the one that served it. The run holds an flock, so a hook, a daemon and
+a manual run never interleave; a dry run writes nothing and takes no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from . import state
 from .drivers.base import Driver, choose
 from .files import locked
+from .guard import Memory, hold
 from .members import Selection, select
 from .plan import MemberSource, Outcome, Plan, SyncResult
 from .rules import printable
@@ -27,15 +32,17 @@ log = logging.getLogger("lbsync")
 def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
               unhealthy: frozenset[str] = frozenset(), driver: Driver | None = None) -> SyncResult:
     """Bring nginx to exactly what the current membership says; say what changed."""
-    with locked(settings.lock_file, settings.lock_timeout):
-        selection = select(source.members(), settings)  # snapshot, then select
+    with contextlib.nullcontext() if dry_run else locked(settings.lock_file, settings.lock_timeout):
+        memory = Memory.recall(settings.state_dir)
+        records, held = hold(source.members(), memory, time.time(), settings.collapse_grace)  # snapshot
+        selection = select(records, settings, memory.endpoints)
         log_skips(selection)
         plan = Plan.of(settings, selection, unhealthy)
         applied = (driver or choose(settings)).apply(plan, dry_run)
-    result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff, selection,
-                        applied.action)
-    if applied.outcome is not Outcome.DRY_RUN:
-        state.record_sync(settings.state_dir, result)
+        result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff,
+                            selection, applied.action, held)
+        if applied.outcome is not Outcome.DRY_RUN:
+            state.record_sync(settings.state_dir, result)
     return result
 
 

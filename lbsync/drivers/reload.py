@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import NginxError
-from ..files import read_text, swap_in, write_atomic
+from ..files import mark, read_text, swap_in, unmark, write_atomic
 from ..plan import RELOADED, Applied, Outcome, Plan
 from ..render import fingerprint, is_current, managed
 
@@ -98,9 +98,22 @@ class ReloadDriver:
         return Applied(Outcome.UPDATED, diff, RELOADED)
 
     def replace(self, text: str) -> None:
-        """The checked way to put a new file in place: both nginx gates, then the reload."""
+        """The checked way to put a new file in place: both nginx gates, then the reload.
+
+        The reload-pending mark goes down before the install: a crash anywhere after it (while
+        nginx tests the installed file, before or during the reload) leaves a state the next run
+        repairs by reloading, though the file itself is already current.
+        """
         self._check(text)
-        self._install(text)
+        was_pending = self.pending.exists()
+        mark(self.pending)
+        try:
+            self._install(text)
+        except BaseException:
+            if not was_pending:  # the previous file is back: nothing new for nginx to load
+                unmark(self.pending)
+            raise
+        self._clear_rejected()
         self.reload()
 
     def retry_pending(self) -> bool:
@@ -122,7 +135,8 @@ class ReloadDriver:
         from .. import nginx  # not on the unchanged path: it pulls in subprocess
 
         try:
-            nginx.check(candidate, self.settings.nginx_bin, self.modules)
+            nginx.check(candidate, self.settings.nginx_bin, Path(self.settings.state_dir) / "nginx-check",
+                        self.modules)
         except NginxError as exc:
             rejected = self.output.with_name(self.output.name + ".rejected")
             kept = f"live file {self.output} kept"
@@ -151,9 +165,15 @@ class ReloadDriver:
         """
         from .. import nginx
 
-        self.pending.touch()
+        mark(self.pending)
         nginx.reload(self.settings.reload_command)
-        self.pending.unlink()
+        unmark(self.pending)
+
+    def _clear_rejected(self) -> None:
+        """A candidate went live: an older refused one is no longer news."""
+        rejected = self.output.with_name(self.output.name + ".rejected")
+        for path in (rejected, rejected.with_name(rejected.name + ".err")):
+            path.unlink(missing_ok=True)
 
 
 def unified_diff(old: str, new: str, name: str) -> str:

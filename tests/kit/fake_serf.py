@@ -200,8 +200,16 @@ class FakeSerf:
         if command == "tags":
             return "", None
         if command == "stats":
-            return "", {"agent": {"name": self.name}}
+            return "", {"agent": {"name": self.name}, "serf": self._counters()}
         return f"Unsupported command: {command}", None
+
+
+    def _counters(self) -> dict[str, str]:
+        """Serf's member counters, as strings like the agent's: they move when members come,
+        go or fail, not when a member only changes its tags (as with a real agent)."""
+        statuses = [m.get("Status") for m in self.members]
+        return {"members": str(len(statuses)), "failed": str(statuses.count("failed")),
+                "left": str(statuses.count("left")), "member_time": "1"}
 
 
 def _matches(member: dict, body: dict) -> bool:

@@ -15,7 +15,7 @@ from lbsync.config import DaemonSettings, Settings
 from lbsync.daemon import Daemon
 from lbsync.errors import ConfigError, TemplateError
 from lbsync.pacing import Backoff, Debounce, member_key, throttle_left
-from lbsync.plan import Outcome, SyncResult
+from lbsync.plan import RELOADED, Outcome, SyncResult
 from lbsync.serf import SerfClient, connect
 
 
@@ -59,7 +59,8 @@ class Cluster:
         self.reconciles.append(([r["Name"] for r in source.members()], unhealthy))
         if self.error:
             raise self.error
-        return SyncResult(self.outcome, (), ())
+        action = RELOADED if self.outcome is Outcome.UPDATED else ""
+        return SyncResult(self.outcome, (), (), action=action)
 
 
 @pytest.fixture
@@ -68,8 +69,9 @@ def cluster(fake_serf):
 
 
 def make(tmp_path, cluster, load=None, **daemon) -> Daemon:
-    settings = Settings(state_dir=str(tmp_path), rpc_addr=cluster.serf.addr, daemon=DaemonSettings(**{
-        "debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}))
+    pacing = {"debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}
+    settings = Settings(state_dir=str(tmp_path), rpc_addr=cluster.serf.addr, data_plane="reload",
+                        daemon=DaemonSettings(**pacing))
     return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"),
                   client_factory=cluster.connect, reconcile=cluster.reconcile)
 
@@ -140,9 +142,9 @@ def test_unchanged_outcome_does_not_spend_the_reload_budget(tmp_path, cluster):
     cluster.outcome = Outcome.UNCHANGED
     d = make(tmp_path, cluster)
     d.tick(100.0)
-    cluster.records = [record("web1", weight="5")]
-    d.tick(100.1)
-    d.tick(100.2)
+    cluster.records = [record("web1", weight="5")]  # a tag update moves no Serf counter: seen by
+    d.tick(100.3)  # the full poll every members_interval (0.25 s)
+    d.tick(100.4)
     assert len(cluster.reconciles) == 2
 
 

@@ -9,7 +9,7 @@ import re
 from lbsync.config import DaemonSettings, Settings
 from lbsync.members import Member, Selection, Skip
 from lbsync.metrics import View, publish, to_prometheus
-from lbsync.sync import Outcome, SyncResult
+from lbsync.plan import RELOADED, Outcome, SyncResult
 
 SAMPLE = re.compile(r'^lbsync_[a-z_]+(\{[a-z]+="[a-z]+"\})? -?[0-9.e+]+$')
 
@@ -19,7 +19,8 @@ def view_after_one_update() -> View:
     selection = Selection((member,), (Skip("web9", "address outside allowed_networks"),),
                           {"alive": ("web1", "web9"), "left": ("web2",)})
     view = View(connected=True)
-    view.record(SyncResult(Outcome.UPDATED, (member,), selection.skipped, selection=selection), 1000.0)
+    view.record(SyncResult(Outcome.UPDATED, (member,), selection.skipped, selection=selection,
+                           action=RELOADED), 1000.0)
     view.health = {"web1": {"healthy": False, "oks": 0, "fails": 2, "error": "timeout"}}
     return view
 

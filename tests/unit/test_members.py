@@ -65,10 +65,12 @@ def test_only_alive_members_of_our_role():
     assert selection.skipped == ()
 
 
-def test_sorted_by_name_and_duplicate_endpoint_skipped():
-    selection = select([record("web2", "10.0.0.1"), record("web1", "10.0.0.1")], Settings())
-    assert [m.name for m in selection.backends] == ["web1"]
-    assert "already served by web1" in selection.skipped[0].reason
+def test_sorted_by_name_and_duplicate_endpoint_kept_by_its_holder_not_by_name():
+    records = [record("web2", "10.0.0.1"), record("web1", "10.0.0.1"), record("web0", "10.0.0.3")]
+    selection = select(records, Settings(), held={"10.0.0.1:80": "web2"})
+    assert [m.name for m in selection.backends] == ["web0", "web2"]
+    assert [s.name for s in selection.skipped] == ["web1"]
+    assert "already served by web2" in selection.skipped[0].reason
 
 
 def test_allowed_networks_and_own_listen_address():

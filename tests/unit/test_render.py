@@ -27,6 +27,7 @@ CASES = {
     "ipv6": ([Member("web6", ipaddress.ip_address("2001:db8::6"), "alive", "web", 8080)], {}),
     "draining": ([member(1), member(2, draining=True)], {}),
     "backup": ([member(1), member(2, backup=True, max_fails=2, fail_timeout=5, max_conns=50)], {}),
+    "only_backups": ([member(1, backup=True), member(2, backup=True)], {}),
     "least_conn": ([member(1), member(2)], {"algorithm": "least_conn", "keepalive": 16}),
     "ip_hash": ([member(1), member(2)], {"algorithm": "ip_hash"}),
     "hash": ([member(1), member(2)], {"algorithm": "hash", "hash_key": "$remote_addr"}),
@@ -49,8 +50,8 @@ def test_golden(case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_golden_files_pass_nginx(case):
-    nginx.check((GOLDEN / f"{case}.conf").read_text(), "nginx")
+def test_golden_files_pass_nginx(case, tmp_path):
+    nginx.check((GOLDEN / f"{case}.conf").read_text(), "nginx", tmp_path / "check")
 
 
 def test_zero_backends_is_only_the_placeholder():
