@@ -16,6 +16,7 @@ The knobs are `AutoscaleSettings` itself: decide() reads them, nothing re-declar
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -137,10 +138,14 @@ def wanted(size: int, window: list[float | None], policy: AutoscaleSettings) -> 
 
 
 def fleet_load(sample: Sample, state: ScaleState) -> float | None:
-    """Mean load of the nodes that answered, leaving out warming and departing nodes."""
+    """The median load of the nodes that answered, leaving out warming and departing nodes.
+
+    The median, not the mean: one node answering an absurd (but well-formed) number must not
+    scale the fleet; a majority of busy nodes still does.
+    """
     skip = {node.name for node in state.warming + state.removing}
     loads = [load for name, load in sample.loads.items() if load is not None and name not in skip]
-    return sum(loads) / len(loads) if loads else None
+    return statistics.median(loads) if loads else None
 
 
 def begin(state: ScaleState, decision: Decision, now: float) -> ScaleState:

@@ -24,7 +24,7 @@ from .config import PACKAGE_TEMPLATES, AgentSettings, Settings
 from .errors import ConfigError, LbsyncError
 from .hostfiles import Target, apply
 from .keys import secrets_for
-from .layers import load
+from .layers import load_text
 from .rules import DEFAULT_RPC_ADDR as RPC_ADDR
 from .rules import SERF_PORT, split_hostport
 
@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--drain-timeout", type=float, default=AgentSettings.drain_timeout, help="web: seconds")
     add("--mode", choices=("hook", "run"), default="hook",
         help="LB: serf event handler (hook) or the lbsync-run service (run)")
-    add("--secrets", default="/etc/lbsync/secrets",
-        help="directory with serf.key and rpc.token; made here on an LB when missing")
+    add("--secrets", default=None,
+        help="directory with serf.key and rpc.token; made here on an LB when missing "
+             "(default: ROOT/etc/lbsync/secrets)")
     add("--handlers", default=str(HANDLERS), help="the handlers/ directory to install from")
     add("--root", default="/", help="install under this directory instead of /")
     add("--serf-bin", default="serf", help="serf binary for `serf keygen`")
@@ -83,7 +84,8 @@ def plan(args: argparse.Namespace) -> list[Target]:
     handlers = Path(args.handlers)
     if not (handlers / "serf").is_dir():
         raise ConfigError(f"--handlers {handlers}: no serf/ inside; point it at lbsync's handlers/")
-    keys = secrets_for(Path(args.secrets), create=args.role == "lb", serf_bin=args.serf_bin)
+    secrets = Path(args.secrets) if args.secrets else Path(args.root) / "etc/lbsync/secrets"
+    keys = secrets_for(secrets, create=args.role == "lb", serf_bin=args.serf_bin, dry_run=args.dry_run)
     node: dict[str, Any] = {"node_name": _name(args.node_name), "bind": _hostport(ip), "advertise": _hostport(ip)}
     if args.join:
         node["retry_join"] = [_join(host) for host in args.join]
@@ -154,15 +156,10 @@ def _empty_upstream(settings: Settings) -> bytes:
 
 def _checked(text: str, role: str) -> Settings:
     """Load the generated config through lbsync's own strict loader: a typo fails here, not later."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="lbsync-install-") as tmp:
-        path = Path(tmp) / "lbsync.toml"
-        path.write_text(text)
-        try:
-            return load(path, env={})
-        except ConfigError as exc:
-            raise ConfigError(f"generated config for {role} is invalid: {exc}") from None
+    try:
+        return load_text(text)
+    except ConfigError as exc:
+        raise ConfigError(f"generated config for {role} is invalid: {exc}") from None
 
 
 def _check_stop_timeout(unit: bytes, drain_timeout: float) -> None:

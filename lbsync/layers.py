@@ -54,6 +54,18 @@ def load(
         raise ConfigError(f"{exc.key} (from {where}): {exc.reason}") from None
 
 
+def load_text(text: str) -> Settings:
+    """Settings from TOML text alone (no environment, no flags): how `install` checks what it writes."""
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"generated config: {exc}") from None
+    try:
+        return _build(values)
+    except SettingError as exc:
+        raise ConfigError(f"{exc.key}: {exc.reason}") from None
+
+
 def _read_toml(path: Path, required: bool) -> dict:
     try:
         with open(path, "rb") as handle:

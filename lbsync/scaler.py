@@ -12,7 +12,6 @@ themselves run through `lbsync.commands`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shlex
 import signal
@@ -29,11 +28,12 @@ from .config import AutoscaleSettings, Settings
 from .errors import ConfigError, LockError, SourceError
 from .files import locked
 from .members import select
+from .rules import DECIMAL_RE, printable
 from .serf import connect
 
 log = logging.getLogger("lbsync")
 
-MAX_LOAD = 1000.0  # a normalised load above this is a broken answer, not a busy node
+MAX_LOAD = 64.0  # load per CPU: above this an answer is broken or hostile, not a busy node
 GONE_POLL = 0.5  # how often to look whether a drained node has left
 
 
@@ -127,8 +127,17 @@ class Scaler:
         selection = select(records, s)
         for skip in selection.skipped:
             log.warning("autoscale: not counting member %s: %s", skip.name, skip.reason)
-        return Sample(time.time(), {m.name: parse_load(answers.get(m.name))
+        return Sample(time.time(), {m.name: self.load_of(m.name, answers.get(m.name))
                                     for m in selection.backends if not m.draining})
+
+    @staticmethod
+    def load_of(name: str, raw: bytes | None) -> float | None:
+        """One node's answer, or None with a warning naming the node when it is not a load."""
+        try:
+            return parse_load(raw)
+        except ValueError as exc:
+            log.warning("autoscale: ignoring the load answer of %s: %s", name, exc)
+            return None
 
     # -- actions ------------------------------------------------------------------------------
 
@@ -211,12 +220,20 @@ class Scaler:
 
 
 def parse_load(raw: bytes | None) -> float | None:
-    """A node's answer, b"0.42", as a float; None for no answer or anything else."""
-    try:
-        load = float((raw or b"").decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
+    """A node's answer, b"0.42", as a float; None when it did not answer.
+
+    Anything but a plain decimal in 0..MAX_LOAD raises ValueError with the reason: Python's
+    float() would take "1_000", "1e3", "inf" and "nan", and one node must not steer the fleet.
+    """
+    if raw is None:
         return None
-    return load if math.isfinite(load) and 0 <= load <= MAX_LOAD else None
+    text = raw.decode("ascii", errors="replace").strip()
+    if not DECIMAL_RE.fullmatch(text):
+        raise ValueError(f"{printable(text, 40)!r} is not a plain decimal")
+    load = float(text)
+    if load > MAX_LOAD:
+        raise ValueError(f"{text} is above {MAX_LOAD:g} per CPU")
+    return load
 
 
 def describe_sample(sample: Sample, state: ScaleState) -> str:

@@ -117,8 +117,8 @@ def test_warming_node_counts_toward_size_but_not_load():
 
 def test_warm_node_counts_and_a_node_that_never_came_up_is_given_up():
     state = ScaleState(last_out=T - 100, warming=(Node("web3", 3, T - 30),))
-    warm = decide(state, samples(*[{"web1": 0.9, "web2": 0.9, "web3": 0.0}] * 3), P)
-    assert warm.state.warming == () and warm.fleet_load == pytest.approx(0.6)
+    warm = decide(state, samples(*[{"web1": 0.9, "web2": 0.0, "web3": 0.0}] * 3), P)
+    assert warm.state.warming == () and warm.fleet_load == 0.0  # web3 counts: the median of 0.9, 0, 0
     never = decide(state, high(), P)
     assert never.state.warming == () and never.size == 2 and never.action == OUT
     assert never.nodes[0].name == "web3"  # the name is free again
@@ -171,10 +171,23 @@ def test_no_sample_yet():
     assert decide(ScaleState(), [], P).action == HOLD
 
 
-@pytest.mark.parametrize("raw, load", [(b"0.42", 0.42), (b" 1.5\n", 1.5), (None, None), (b"", None),
-                                       (b"nan", None), (b"-1", None), (b"high", None), (b"\xff", None)])
+@pytest.mark.parametrize("raw, load", [(b"0.42", 0.42), (b" 1.5\n", 1.5), (None, None), (b"64", 64.0)])
 def test_parse_load(raw, load):
     assert parse_load(raw) == load
+
+
+@pytest.mark.parametrize("raw", [b"", b"nan", b"inf", b"-1", b"+1", b"high", b"\xff", b"1000", b"1_000",
+                                 b"1e2", b"0x10", b"64.5"])
+def test_a_load_answer_that_is_not_a_plain_decimal_in_range_is_refused_with_a_reason(raw):
+    with pytest.raises(ValueError, match="plain decimal|above 64"):
+        parse_load(raw)
+
+
+def test_one_hostile_node_cannot_steer_the_fleet():
+    """Three nodes, one answering the highest load it may: the median stays with the other two."""
+    window = samples(*[{"web1": 0.1, "web2": 0.1, "web3": 64.0}] * 3)
+    decision = decide(ScaleState(), window, P)
+    assert decision.action == IN and decision.fleet_load == 0.1
 
 
 def test_expand_fills_placeholders_per_word_without_a_shell():

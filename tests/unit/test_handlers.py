@@ -286,6 +286,18 @@ def test_dry_run_writes_nothing(tmp_path, secrets):
     assert not root.exists()
 
 
+def test_a_dry_run_under_a_root_makes_no_secrets_anywhere(tmp_path):
+    """The default secrets directory is the root's, and a dry run creates it nowhere."""
+    root = tmp_path / "root"
+    argv = ("--role", "lb", "--node-name", "lb", "--ip", "192.168.56.10", "--network", "192.168.56.0/24",
+            "--root", str(root))
+    before = os.path.exists("/etc/lbsync/secrets")
+    assert ("created", "/etc/serf/lbsync-secrets.json") in run(args(*argv, "--dry-run"))
+    assert not root.exists() and os.path.exists("/etc/lbsync/secrets") == before
+    run(args(*argv))
+    assert (root / "etc/lbsync/secrets/rpc.token").exists()  # the real run makes them under the root
+
+
 def test_standalone_entry_reports_one_line_and_a_sysexits_code(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "lbsync.install", "--role", "web", "--ip", "192.168.56.11",
