@@ -194,6 +194,7 @@ class Settings(Checked):
     nginx_bin: str = spec("nginx", text)
     nginx_conf: str = spec("/etc/nginx/nginx.conf", text)
     nginx_prefix: str = spec("", text)
+    nginx_pid: str = spec("/run/nginx.pid", text)  # to wait until a reload has taken over
     reload_command: str = spec("systemctl reload nginx", command)
     lock_file: str = spec("/run/lbsync/lbsync.lock", text)  # its directory is made root-only
     lock_timeout: float = spec(30.0, number(0, 3600))

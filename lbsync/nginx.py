@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from .errors import ConfigError, NginxError, ReloadError
@@ -52,9 +53,44 @@ def test(nginx_bin: str, conf: str, prefix: str = "") -> None:
     _run(command + ["-c", conf], NginxError, f"nginx rejected {conf}")
 
 
-def reload(command: str) -> None:
-    """Run the configured reload command (e.g. `systemctl reload nginx`) and check its status."""
+def reload(command: str, pid_file: str = "", wait: float = 2.0) -> bool:
+    """Run the configured reload command (e.g. `systemctl reload nginx`) and check its status.
+
+    A reload is asynchronous: the command returns while the old workers still accept requests
+    for the old pool. With the master's `pid_file`, wait (at most `wait` s) until every old worker
+    has stopped accepting; False when some still did at the deadline.
+    """
+    old = accepting_workers(pid_file)
     _run(shlex.split(command), ReloadError, f"reload command `{command}` failed")
+    deadline = time.monotonic() + wait
+    while old & accepting_workers(pid_file):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def accepting_workers(pid_file: str) -> set[int]:
+    """PIDs of the nginx master's workers that still accept connections.
+
+    A worker told to quit retitles itself "worker process is shutting down" as it closes its
+    listening sockets, so its title tells an old generation that still accepts from one that
+    only finishes its requests. Empty when the master is unknown (no pid file, no /proc).
+    """
+    try:
+        master = int(Path(pid_file).read_text().split()[0])
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return set()
+    accepting = set()
+    for pid in children:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # it exited meanwhile
+        if title.startswith(b"nginx: worker process") and b"shutting down" not in title:
+            accepting.add(int(pid))
+    return accepting
 
 
 def _run(command: list[str], error: type[NginxError], message: str) -> None:

@@ -166,7 +166,8 @@ class ReloadDriver:
         from .. import nginx
 
         mark(self.pending)
-        nginx.reload(self.settings.reload_command)
+        if not nginx.reload(self.settings.reload_command, self.settings.nginx_pid):
+            log.warning("nginx reloaded, but old workers still accept connections after 2 s")
         unmark(self.pending)
 
     def _clear_rejected(self) -> None:

@@ -113,6 +113,7 @@ class Nginx:
             "LBSYNC_NGINX_CONF": str(self.conf),
             "LBSYNC_NGINX_PREFIX": str(self.prefix),
             "LBSYNC_RELOAD_COMMAND": self.reload_command,
+            "LBSYNC_NGINX_PID": str(self.prefix / "nginx.pid"),
             "LBSYNC_LOCK_FILE": str(workdir / "lbsync.lock"),
             "LBSYNC_STATE_DIR": str(workdir / "state"),
             "LBSYNC_SYSLOG": "false",
