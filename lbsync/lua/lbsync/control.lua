@@ -4,18 +4,19 @@
 -- authorisation (nginx creates the socket file itself with mode 0666). Every answer is one line of
 -- JSON with Content-Type application/json.
 --
---   PUT /pools/<upstream>   body: the pool JSON (see lbsync.validate), at most 1 MiB
+--   PUT /pools/<upstream>   body: the pool JSON (see lbsync.validate), at most 4 MiB
 --       200 {"version":V,"digest":"D"}  stored (or the same bytes were already held)
 --       400 {"error":"..."}             malformed: nothing changed
 --       404 {"error":"..."}             <upstream> is not a live upstream of this nginx
---       413 {"error":"..."}             body over 1 MiB (nginx refuses it before reading it all)
+--       413 {"error":"..."}             body over 4 MiB (nginx refuses it before reading it all)
 --       507 {"error":"..."}             the shared dict is full: nothing changed
---   GET /pools/<upstream>   200 what nginx holds (below), 404 if it holds nothing
+--   GET /pools/<upstream>   200 what nginx holds (below), 404 if it holds nothing;
+--                           ?brief=1: without "backends" and "worker" (no JSON decoding at all)
 --   anything else           404, or 405 with Allow: GET, PUT
 --
 -- GET answers {"upstream","version","digest","algorithm","source":"push"|"file","stored_at",
 -- "generation","backends":[each backend as held, plus "conns" (in flight, all workers; counted
--- for least_conn and max_conns only) and "fails"/"failed" (passive failures: the answering
+-- for least_conn only) and "fails"/"failed" (passive failures: the answering
 -- worker's own view)],"worker":{"pid","generation"}}.
 
 local cjson = require("cjson.safe").new()
@@ -59,7 +60,7 @@ local function put(name)
         ngx.log(ngx.WARN, "lbsync: push to pool ", name, " rejected (", why, "): nothing changed")
         return fail(400, why)
     end
-    local changed, err = pool.store(name, body, "push")
+    local changed, err = pool.store(name, body, p, "push")
     if changed == nil then
         ngx.log(ngx.ERR, "lbsync: push to pool ", name, " not stored: ", err)
         return fail(507, "shared dict full: " .. tostring(err))
@@ -73,9 +74,16 @@ local KEYS = { "name", "address", "port", "weight", "drain", "backup", "down",
                "max_fails", "fail_timeout", "max_conns" }
 
 local function get(name)
-    local body, source, stored_at = pool.read(name)
-    local p = body and validate.parse(body, name)
-    if not p then return fail(404, "no pool held for this upstream") end
+    local body, meta = pool.read(name)
+    if not body then return fail(404, "no pool held for this upstream") end
+    local cfg = balancer.configured(name)
+    local head = format('{"upstream":%s,"version":%d,"digest":"%s","algorithm":%s,"source":%s,'
+                        .. '"stored_at":%.3f,"generation":%d', cjson.encode(name), meta.version,
+                        meta.digest, cjson.encode(cfg.algorithm), cjson.encode(meta.source),
+                        meta.stored_at, pool.generation(name) or 0)
+    if ngx.var.arg_brief == "1" then return reply(200, head .. "}") end
+    local p = validate.parse(body, name)
+    if not p then return fail(500, "the held pool does not parse") end   -- never stored so
     local st = balancer.status(name)
     local items = {}
     for i, b in ipairs(p.backends) do
@@ -87,12 +95,7 @@ local function get(name)
         out.failed = s and s.failed or false
         items[i] = cjson.encode(out)
     end
-    local cfg = balancer.configured(name)
-    reply(200, format('{"upstream":%s,"version":%d,"digest":"%s","algorithm":%s,"source":%s,'
-                      .. '"stored_at":%.3f,"generation":%d,"backends":[%s],'
-                      .. '"worker":{"pid":%d,"generation":%s}}',
-                      cjson.encode(name), p.version, p.digest, cjson.encode(cfg.algorithm),
-                      cjson.encode(source or "?"), stored_at or 0, pool.generation(name) or 0,
+    reply(200, format('%s,"backends":[%s],"worker":{"pid":%d,"generation":%s}}', head,
                       concat(items, ","), ngx.worker.pid(),
                       st.generation and format("%d", st.generation) or "null"))
 end
@@ -110,8 +113,8 @@ end
 
 -- error_page 413: nginx refused the body (client_max_body_size) without reading it all.
 function _M.too_large()
-    ngx.log(ngx.WARN, "lbsync: push refused: body larger than 1 MiB; nothing changed")
-    return fail(413, "body larger than 1 MiB")
+    ngx.log(ngx.WARN, "lbsync: push refused: body larger than 4 MiB; nothing changed")
+    return fail(413, "body larger than 4 MiB")
 end
 
 return _M

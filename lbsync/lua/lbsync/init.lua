@@ -43,6 +43,7 @@ end
 -- run{upstream=, algorithm=, hash_var=, pool_file=, control_socket=}
 function _M.run(opts)
     local ok, err = pcall(function()
+        require("lbsync.control")   -- loaded here, so workers never read Lua files themselves
         balancer.configure(opts.upstream, opts)
         pool.prepare(opts.upstream)
         remove_stale_socket(opts.control_socket)

@@ -22,7 +22,7 @@ local type, tonumber, tostring, pairs = type, tonumber, tostring, pairs
 local floor, concat, format = math.floor, table.concat, string.format
 local find, sub, byte, ipairs = string.find, string.sub, string.byte, ipairs
 
-local _M = { MAX_BODY = 1048576, MAX_BACKENDS = 10000 }
+local _M = { MAX_BODY = 4194304, MAX_BACKENDS = 10000 }  -- 10,000 backends fit in 4 MiB
 
 local TOP = { version = true, digest = true, upstream = true, backends = true }
 local REQUIRED = { "name", "address", "port", "weight", "drain", "backup", "down" }
@@ -196,7 +196,7 @@ end
 -- parse(body, upstream) -> pool | nil, reason. `upstream` is the name the pool must carry.
 function _M.parse(body, upstream)
     if type(body) ~= "string" or body == "" then return nil, "empty body" end
-    if #body > _M.MAX_BODY then return nil, "body larger than 1 MiB" end
+    if #body > _M.MAX_BODY then return nil, "body larger than 4 MiB" end
     local doc = cjson.decode(body)
     if doc == nil then return nil, "invalid JSON" end
     if not is_object(doc) then return nil, "not a JSON object" end
