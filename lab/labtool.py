@@ -192,7 +192,7 @@ def cmd_lb_config(args) -> None:
         "rpc_addr": f"{env['LB_IP']}:{env['LB_RPC_PORT']}", "rpc_auth": token,
         "allowed_networks": [f"{env['LAB_NET']}.0/24"], "lb_listen": [listen],
         "output": str(upstream), "nginx_conf": str(prefix / "nginx.conf"), "nginx_prefix": str(prefix),
-        "nginx_pid": str(prefix / "nginx.pid"),
+        "nginx_pid": str(prefix / "nginx.pid"), "control_socket": str(prefix / "run" / "control.sock"),
         "reload_command": f"{nginx} -s reload", "lock_file": str(lab / "lb" / "lbsync.lock"),
         "state_dir": str(lab / "lb" / "state"), "syslog": False,
     }, "lbsync on the lab's LB (on a real LB: /etc/lbsync/lbsync.toml)"), mode=0o600)

@@ -182,7 +182,7 @@ class Settings(Checked):
     algorithm: str = spec("round_robin", choice(*ALGORITHMS))
     hash_key: str = spec("$request_uri", hash_key)
     keepalive: int = spec(0, integer(0, 10000))
-    data_plane: str = spec("reload", choice(*DATA_PLANES))  # TEMP until the kit handles live
+    data_plane: str = spec("auto", choice(*DATA_PLANES))  # auto: live when nginx's Lua module is installed
     template: str = spec(str(PACKAGE_TEMPLATES / "lbs_upstream.conf.j2"), text)  # the reload driver's
     live_template: str = spec(str(PACKAGE_TEMPLATES / "lbs_upstream_live.conf.j2"), text)
     lua_dir: str = spec(str(PACKAGE_LUA), nginx_path)

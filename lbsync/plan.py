@@ -75,6 +75,15 @@ class Hold:
     names: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Served:
+    """What nginx serves, as far as lbsync can read it back: `backends` are (name, endpoint, down)."""
+
+    source: str  # e.g. "live pool v7" or "file /etc/nginx/conf.d/lbs_upstream.conf"
+    backends: tuple[tuple[str, str, bool], ...] = ()
+    error: str = ""  # why it could not be read
+
+
 RELOADED, PUSHED = "nginx reloaded", "pushed"
 
 

@@ -13,7 +13,10 @@ import time
 
 from . import state
 from .config import Settings
+from .drivers.base import choose
+from .guard import Memory
 from .members import select
+from .plan import Served
 from .rules import printable
 
 STATE_FILES = (("daemon", state.DAEMON), ("autoscale", state.AUTOSCALE))
@@ -24,8 +27,10 @@ def show_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def report(settings: Settings, records: list[dict]) -> str:
-    selection = select(records, settings)
+def report(settings: Settings, records: list[dict], served: Served | None = None) -> str:
+    """What Serf says, what that renders to, what nginx serves (and any drift), recent results."""
+    selection = select(records, settings, Memory.recall(settings.state_dir).endpoints)
+    served = served if served is not None else choose(settings).served()
     lines = [f"serf agent {settings.rpc_addr}, role {settings.role!r}:"]
     for status in sorted(selection.by_status):
         names = ", ".join(printable(name) for name in selection.by_status[status])
@@ -35,6 +40,7 @@ def report(settings: Settings, records: list[dict]) -> str:
     rendered = ", ".join(f"{m.name} {m.endpoint}{' (draining)' if m.draining else ''}"
                          for m in selection.backends)
     lines.append(f"rendered ({len(selection.backends)}): {rendered or 'none'}")
+    lines += _served(served, {(m.name, m.endpoint) for m in selection.backends})
     for skip in selection.skipped:
         lines.append(f"skipped  {printable(skip.name)}: {printable(skip.reason)}")
     lines.append(_last_sync(settings))
@@ -43,6 +49,21 @@ def report(settings: Settings, records: list[dict]) -> str:
         if data is not None:
             lines.append(f"{title}: " + printable(json.dumps(data, sort_keys=True), limit=100000))
     return "\n".join(lines)
+
+
+def _served(served: Served, rendered: set[tuple[str, str]]) -> list[str]:
+    """nginx's side, and a drift line when it is not what the membership renders."""
+    if served.error:
+        return [f"nginx serves: unknown ({printable(served.error)})"]
+    names = ", ".join(f"{name} {endpoint}{' (down)' if down else ''}" for name, endpoint, down in served.backends)
+    lines = [f"nginx serves ({served.source}, {len(served.backends)}): {names or 'none'}"]
+    held = {(name, endpoint) for name, endpoint, _ in served.backends}
+    if held != rendered:
+        extra = ", ".join(sorted(n for n, _ in held - rendered)) or "-"
+        missing = ", ".join(sorted(n for n, _ in rendered - held)) or "-"
+        lines.append(f"drift: nginx serves {extra} beyond the membership and lacks {missing}; "
+                     "`lbsync sync` repairs it")
+    return lines
 
 
 def _last_sync(settings: Settings) -> str:

@@ -11,11 +11,15 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..plan import Applied, Plan
+    from ..plan import Applied, Plan, Served
 
 
 class Driver(Protocol):
     name: str
+
+    def served(self) -> Served:
+        """What nginx serves now, read back for `lbsync status` (never raises)."""
+        ...
 
     def apply(self, plan: Plan, dry_run: bool) -> Applied:
         """Bring nginx to `plan` (or, with `dry_run`, only say what that would change).

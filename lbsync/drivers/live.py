@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, control
 from ..errors import InstallError, PushError
 from ..files import read_text, write_atomic
-from ..plan import PUSHED, RELOADED, Applied, Outcome, Plan
+from ..plan import PUSHED, RELOADED, Applied, Outcome, Plan, Served
 from ..render import fingerprint, is_current, managed
 from .reload import ReloadDriver, unified_diff
 
@@ -80,6 +80,10 @@ def backend(member: Member, down: bool) -> dict[str, Any]:
     return out
 
 
+def endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 class LiveDriver:
     """Applies pool changes by a push to nginx's Lua balancer, structure changes by a reload."""
 
@@ -116,6 +120,18 @@ class LiveDriver:
             return Applied(Outcome.UPDATED, diff, RELOADED)
         self._log_update(plan, f"pushed pool v{version}, no reload")
         return Applied(Outcome.UPDATED, diff, PUSHED)
+
+    def served(self) -> Served:
+        """The pool nginx's balancer holds, read back from its control socket."""
+        try:
+            status, reply = control.call(self.settings.control_socket, "GET", self.url)
+        except PushError as exc:
+            return Served("live pool", error=str(exc))
+        if status != 200 or not isinstance(reply, dict):
+            return Served("live pool", error=f"nginx holds no pool for {self.settings.upstream_name} (HTTP {status})")
+        backends = tuple((b["name"], endpoint(b["address"], b["port"]), bool(b["drain"] or b["down"]))
+                         for b in reply.get("backends", []))
+        return Served(f"live pool v{reply.get('version')}", backends)
 
     # -- structure: the http-level file, through the reload driver's gates ----------------------
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..errors import NginxError
+from ..errors import LbsyncError, NginxError
 from ..files import mark, read_text, swap_in, unmark, write_atomic
-from ..plan import RELOADED, Applied, Outcome, Plan
+from ..plan import RELOADED, Applied, Outcome, Plan, Served
 from ..render import fingerprint, is_current, managed
 
 if TYPE_CHECKING:
@@ -96,6 +96,15 @@ class ReloadDriver:
         health = f"; down by health checks: {', '.join(down)}" if down else ""
         log.info("updated %s (%d backends: %s%s); nginx reloaded", self.output, count, names, health)
         return Applied(Outcome.UPDATED, diff, RELOADED)
+
+    def served(self) -> Served:
+        """The servers of the installed file (nginx loaded it unless a reload is pending)."""
+        source = f"file {self.output}" + (" (reload pending)" if self.pending.exists() else "")
+        try:
+            text = read_text(self.output) or ""
+        except LbsyncError as exc:
+            return Served(source, error=str(exc))
+        return Served(source, tuple(_server_lines(text)))
 
     def replace(self, text: str) -> None:
         """The checked way to put a new file in place: both nginx gates, then the reload.
@@ -175,6 +184,17 @@ class ReloadDriver:
         rejected = self.output.with_name(self.output.name + ".rejected")
         for path in (rejected, rejected.with_name(rejected.name + ".err")):
             path.unlink(missing_ok=True)
+
+
+def _server_lines(text: str) -> list[tuple[str, str, bool]]:
+    """(name, endpoint, down) of each `server ...;  # name` line the template writes."""
+    out = []
+    for line in text.splitlines():
+        words, _, comment = line.strip().partition("#")
+        parts = words.split()
+        if len(parts) >= 2 and parts[0] == "server" and comment.strip() and not comment.startswith(" placeholder"):
+            out.append((comment.split()[0], parts[1].rstrip(";"), "down;" in words))
+    return out
 
 
 def unified_diff(old: str, new: str, name: str) -> str:

@@ -36,4 +36,5 @@ def pipeline_settings(directory: Path, nginx: Path | None = None, **changes) -> 
     nginx = nginx or fake_nginx(directory)
     return dataclasses.replace(Settings(), output=str(directory / "up.conf"), nginx_bin=str(nginx),
                                reload_command=f"{nginx} -s reload", lock_file=str(directory / "lock"),
-                               state_dir=str(directory / "state"), **changes)
+                               state_dir=str(directory / "state"), data_plane="reload",
+                               nginx_pid=str(directory / "nginx.pid"), **changes)

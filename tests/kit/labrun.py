@@ -61,8 +61,13 @@ class Lab:
     def lbsync_log(self) -> str:
         return (self.dir / "lb" / "lbsync.log").read_text()
 
-    def upstream(self) -> str:
-        return (self.dir / "nginx" / "conf.d" / "lbs_upstream.conf").read_text()
+    def pool(self) -> set[str]:
+        """The backends nginx's live balancer holds now (read back from its control socket)."""
+        from lbsync import control
+
+        status, reply = control.call(str(self.dir / "nginx" / "run" / "control.sock"), "GET",
+                                     "/pools/lbs_backend")
+        return {backend["name"] for backend in reply["backends"]} if status == 200 else set()
 
     def members(self) -> dict[str, str]:
         with self.client() as client:

@@ -137,11 +137,13 @@ def nginx_for(workdir: Path) -> Nginx:
 
 def start_lb(procs: Processes, workdir: Path, config: str = "", *, mode: str = "hook",
              handler: str | None = None, lb_ip: str = "127.0.0.1", join: SerfNode | None = None,
-             env: dict | None = None) -> LoadBalancer:
+             env: dict | None = None, data_plane: str = "reload") -> LoadBalancer:
     """nginx on a free port and the LB's Serf agent on `lb_ip` (joined to `join`, if given).
 
     `config` is lbsync.toml's text (run mode adds FAST_DAEMON unless it has a [daemon] table);
-    `env` is added to the environment of the agent, its handler and the daemon."""
+    `env` is added to the environment of the agent, its handler and the daemon. `data_plane`
+    picks lbsync's driver: "reload" (render + reload, what most tests look at in the upstream
+    file), "live" (pushes to nginx's Lua balancer) or "auto"."""
     if mode not in ("hook", "run"):
         raise ValueError(f"mode {mode!r}: expected hook or run")
     if mode == "run" and "[daemon]" not in config:
@@ -150,7 +152,8 @@ def start_lb(procs: Processes, workdir: Path, config: str = "", *, mode: str = "
     (workdir / "lbsync.toml").write_text(config)
     nginx = start_nginx(procs, nginx_for(workdir).prefix)
     rpc_port = free_port(lb_ip)
-    lb_env = {"PYTHONPATH": str(ROOT), **nginx.settings_env(workdir, f"{lb_ip}:{rpc_port}"), **(env or {})}
+    lb_env = {"PYTHONPATH": str(ROOT), **nginx.settings_env(workdir, f"{lb_ip}:{rpc_port}"),
+              "LBSYNC_DATA_PLANE": data_plane, **(env or {})}
     lb = start_serf(procs, f"lb-{lb_ip}", lb_ip, {"role": "lb"}, join=join.bind_addr if join else None,
                     handler=(handler or HOOK) if mode == "hook" else None, env=lb_env, rpc_port=rpc_port)
     return LoadBalancer(procs, workdir, nginx, lb, lb_env, mode)

@@ -17,11 +17,13 @@ from kit.net import connects, free_port, http_get, wait_until
 from kit.paths import TEMPLATES
 from kit.procs import Proc, Processes, died, require
 
+LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")  # Debian's libnginx-mod-http-lua
+
 NGINX_CONF = """\
 # The lab's nginx: everything under {prefix}, nothing in /etc/nginx.
 {user}pid {prefix}/nginx.pid;
 error_log {prefix}/error.log info;
-worker_processes 1;
+worker_processes 2;
 include {prefix}/main.d/*.conf;
 events {{ worker_connections 1024; }}
 http {{
@@ -50,6 +52,9 @@ def write_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") 
 
     for sub in ("conf.d", "main.d", "tmp", "html"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
+    (prefix / "run").mkdir(mode=0o700, exist_ok=True)  # the live data plane's control socket
+    if LUA_MODULE.exists():  # as on a Debian host with the module installed: loaded, used or not
+        write_if_changed(prefix / "main.d" / "lbs_main_lua.conf", (TEMPLATES / "lbs_main_lua.conf").read_text())
     user = "user root;\n" if os.geteuid() == 0 else ""  # root's workers would run as nobody
     write_if_changed(prefix / "nginx.conf", NGINX_CONF.format(prefix=prefix, user=user))
     write_if_changed(prefix / "main.d" / "lbs_main.conf", (TEMPLATES / "lbs_main.conf").read_text())
@@ -105,9 +110,14 @@ class Nginx:
         """Reloads the master received (it logs "reconfiguring" twice per reload; SIGHUP once)."""
         return (self.prefix / "error.log").read_text(errors="replace").count("signal 1 (SIGHUP) received")
 
+    @property
+    def control_socket(self) -> Path:
+        return self.prefix / "run" / "control.sock"
+
     def settings_env(self, workdir: Path, rpc_addr: str) -> dict[str, str]:
         """LBSYNC_* environment that points lbsync at this nginx, a Serf agent and `workdir`."""
         return {
+            "LBSYNC_CONTROL_SOCKET": str(self.control_socket),
             "LBSYNC_RPC_ADDR": rpc_addr,
             "LBSYNC_OUTPUT": str(self.upstream),
             "LBSYNC_NGINX_CONF": str(self.conf),
@@ -122,6 +132,6 @@ class Nginx:
         }
 
 
-def start_nginx(procs: Processes, prefix: Path) -> Nginx:
-    """A real nginx on a free port under `prefix`."""
-    return Nginx(prefix, free_port()).start(procs)
+def start_nginx(procs: Processes, prefix: Path, port: int = 0) -> Nginx:
+    """A real nginx under `prefix` on `port` (a free one by default)."""
+    return Nginx(prefix, port or free_port()).start(procs)

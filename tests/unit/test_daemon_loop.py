@@ -68,9 +68,9 @@ def cluster(fake_serf):
     return Cluster(fake_serf())
 
 
-def make(tmp_path, cluster, load=None, **daemon) -> Daemon:
+def make(tmp_path, cluster, load=None, data_plane="reload", **daemon) -> Daemon:
     pacing = {"debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}
-    settings = Settings(state_dir=str(tmp_path), rpc_addr=cluster.serf.addr, data_plane="reload",
+    settings = Settings(state_dir=str(tmp_path), rpc_addr=cluster.serf.addr, data_plane=data_plane,
                         daemon=DaemonSettings(**pacing))
     return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"),
                   client_factory=cluster.connect, reconcile=cluster.reconcile)
@@ -253,3 +253,26 @@ def test_polls_at_the_quiet_window_pace_only_while_a_change_settles(tmp_path, cl
     assert d._sleep_time() == 0.02
     d.tick(101.03)
     assert d._sleep_time() == 0.05 and cluster.reconciles[-1][0] == ["web1", "web2"]
+
+
+def test_live_data_plane_pushes_each_change_at_once_without_a_budget(tmp_path, cluster):
+    d = make(tmp_path, cluster, data_plane="live", min_reload_interval=1.0)
+    d.tick(100.0)
+    cluster.outcome = Outcome.UPDATED
+    for i, t in enumerate((100.1, 100.12, 100.14)):
+        cluster.records = cluster.records + [record(f"web{i + 2}")]
+        d.tick(t)  # a push per change: no quiet window, no reload budget
+    assert [len(names) for names, _ in cluster.reconciles] == [1, 2, 3, 4]
+    assert d.view.throttled == 0
+
+
+def test_a_quiet_cluster_costs_one_stats_call_per_poll(tmp_path, cluster):
+    d = make(tmp_path, cluster)
+    d.tick(100.0)
+    before = len(cluster.serf.commands)
+    for i in range(1, 11):
+        d.tick(100.0 + i * 0.02)  # inside members_interval (0.25 s): counters only
+    polled = cluster.serf.commands[before:]
+    assert polled == ["stats"] * 10
+    d.tick(100.3)
+    assert cluster.serf.commands[-2:] == ["stats", "members-filtered"]

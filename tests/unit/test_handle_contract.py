@@ -24,7 +24,7 @@ def world(tmp_path, fake_serf):
         "PYTHONPATH": str(ROOT), "LBSYNC_RPC_ADDR": serf.addr, "LBSYNC_NGINX_BIN": str(nginx),
         "LBSYNC_RELOAD_COMMAND": f"{nginx} -s reload", "LBSYNC_OUTPUT": str(tmp_path / "up.conf"),
         "LBSYNC_LOCK_FILE": str(tmp_path / "lock"), "LBSYNC_STATE_DIR": str(tmp_path / "state"),
-        "LBSYNC_SYSLOG": "0", "LBSYNC_CONFIG": str(tmp_path / "none.toml"),
+        "LBSYNC_SYSLOG": "0", "LBSYNC_CONFIG": str(tmp_path / "none.toml"), "LBSYNC_DATA_PLANE": "reload",
         "SERF_SELF_NAME": "lb", "SERF_SELF_ROLE": "lb", "SERF_TAG_ROLE": "lb",
     }
     (tmp_path / "none.toml").write_text("")
