@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The lbsync tour on one machine: a load balancer (nginx + Serf + lbsync) and web nodes on
 # loopback addresses. Boots web1..web3 one by one, shows who answers through the LB, what Serf
-# and nginx's upstream say, then drains web2 away. Leaves the lab running. Safe to re-run.
+# knows and what nginx serves, then drains web2 away. Leaves the lab running. Safe to re-run.
+# With nginx's Lua module (installed by `make demo`) membership changes are pushed into nginx's
+# balancer: no reload, no lost request. Without it (LBSYNC_DATA_PLANE=reload) each change is a
+# checked render + reload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . lab/env.sh
@@ -12,9 +15,11 @@ members() {
     echo "\$ serf members -rpc-addr $LB_IP:$LB_RPC_PORT -rpc-auth \$(lab/labtool.py token $LAB_DIR)"
     serf members -rpc-addr "$LB_IP:$LB_RPC_PORT" -rpc-auth "$(tool token "$LAB_DIR")" | sed 's/^/   /'
 }
-upstream() {
-    show cat "$LAB_DIR/nginx/conf.d/lbs_upstream.conf"
-    sed 's/^/   /' "$LAB_DIR/nginx/conf.d/lbs_upstream.conf"
+# The console script by its full path (make demo's venv is not on the reader's PATH).
+LBSYNC=$(command -v lbsync 2>/dev/null) || LBSYNC="PYTHONPATH=$REPO $PYTHON -m lbsync"
+status() {
+    echo "\$ $LBSYNC -c $LAB_DIR/lb/lbsync.toml status"
+    "$PYTHON" -m lbsync -c "$LAB_DIR/lb/lbsync.toml" status 2>&1 | grep -v '^\(daemon\|autoscale\):' | sed 's/^/   /'
 }
 
 step "1. The load balancer: nginx, a Serf agent, and lbsync as its event handler"
@@ -48,9 +53,9 @@ else
     done
 fi
 
-step "5. What Serf knows, and what lbsync rendered from it"
+step "5. What Serf knows, and what nginx serves from it"
 members
-upstream
+status
 
 step "6. web2 leaves gracefully: drain=1, the LB stops sending, then it leaves"
 show lab/stop_web.sh 2
@@ -58,10 +63,8 @@ lab/stop_web.sh 2
 tool wait-served "$LB_IP" "$HTTP_PORT" serf-web2 --gone --timeout 30
 tool requests "$LB_IP" "$HTTP_PORT" 4
 members
-upstream
+status
 
-# The console script by its full path (make demo's venv is not on the reader's PATH).
-LBSYNC=$(command -v lbsync 2>/dev/null) || LBSYNC="PYTHONPATH=$REPO $PYTHON -m lbsync"
 next() { printf '   %-58s # %s\n' "$1" "$2"; }
 printf '\n== The lab is still running (state and logs in %s). Try:\n' "$LAB_DIR"
 next "curl -s http://$LB_IP:$HTTP_PORT/" "which node answers"
@@ -69,6 +72,6 @@ next "lab/boot_web.sh 4" "one more node joins the pool"
 next "lab/boot_web.sh 2" "web2 comes back"
 next "lab/stop_web.sh 2" "a graceful drain, then leave"
 next "lab/kill_web.sh 3" "a hard crash: Serf says failed, the LB drops it"
-next "$LBSYNC -c $LAB_DIR/lb/lbsync.toml status" "what the LB renders, and why"
+next "$LBSYNC -c $LAB_DIR/lb/lbsync.toml status" "what the LB renders, what nginx serves, and why"
 next "lab/down.sh" "stop everything (state and logs stay)"
 next "LAB_MODE=run lab/up.sh" "after down.sh: the LB with the lbsync run daemon"

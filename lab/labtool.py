@@ -168,9 +168,14 @@ def cmd_requests(args) -> None:
 
 
 def cmd_wait_served(args) -> None:
-    """Until `name` answers through the LB (or, with --gone, stops answering)."""
+    """Until `tries` requests in a row all succeed with `name` among them (or, with --gone,
+    without it): one lucky answer is not "served", and no error may sit between the claim and the
+    requests printed after it (with reloads, an old worker generation still answers for a moment)."""
     def check() -> bool:
-        names = {get(args.host, args.port)[1] for _ in range(args.tries)}
+        answers = [get(args.host, args.port)[:2] for _ in range(args.tries)]
+        names = {body for status, body in answers}
+        if any(status != 200 for status, _ in answers):
+            return False
         return (args.name not in names) if args.gone else (args.name in names)
     verb = "to leave the LB's rotation" if args.gone else "to be served through the LB"
     wait(check, args.timeout, f"{args.name} {verb}")
