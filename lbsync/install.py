@@ -34,6 +34,10 @@ ERROR_ROOT = "/usr/share/lbsync"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 ACCESS_LOG = "/var/log/nginx/access.log"  # a web node's server; the agent watches it to drain
 SYSTEMD = "/etc/systemd/system"
+READ_TIMEOUT = 10
+# nginx binds the live data plane's control socket in /run/lbsync at start: it must exist, root-only
+TMPFILES = (b"# Installed by lbsync: the directory of nginx's control socket and lbsync's lock.\n"
+            b"d /run/lbsync 0700 root root -\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--port", type=int, default=80, help="web: port tag, where this node's web server listens")
     add("--weight", type=int, default=1, help="web: weight tag")
     add("--drain-timeout", type=float, default=AgentSettings.drain_timeout, help="web: seconds")
+    add("--read-timeout", type=int, default=READ_TIMEOUT,
+        help="LB: seconds nginx waits for a backend's answer before trying the next one "
+             f"(default {READ_TIMEOUT}; raise it for slow endpoints)")
     add("--mode", choices=("hook", "run"), default="hook",
         help="LB: serf event handler (hook) or the lbsync-run service (run)")
     add("--secrets", default=None,
@@ -106,14 +113,16 @@ def _lb_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, 
     """Serf with role=lb (and the hook in hook mode), the nginx front end, lbsync's config."""
     listen, own = _listen(args.listen or ["80"], ip)
     config = _toml({"rpc_addr": RPC_ADDR, "rpc_auth": keys["rpc.token"], "output": UPSTREAM,
-                    "allowed_networks": [str(_network(cidr)) for cidr in args.network], "lb_listen": own})
+                    "allowed_networks": [str(_network(cidr)) for cidr in args.network], "lb_listen": own},
+                   daemon={"health_path": "/"})  # safe default: a hung or dead node is out in ~1.5 s
     settings = _checked(config, args.role)
     hook = _read(handlers / "serf/lbsync-hook.json") if args.mode == "hook" else None
     return config, [
         Target("/etc/serf/lbsync-lb.json", _read(handlers / "serf/lbsync-lb.json")),
         Target("/etc/serf/lbsync-hook.json", hook),
         Target(f"{SYSTEMD}/lbsync-run.service", _read(handlers / "systemd/lbsync-run.service")),
-        Target("/etc/nginx/conf.d/lbs_site.conf", _site(listen, settings)),
+        Target("/etc/nginx/conf.d/lbs_site.conf", _site(listen, settings, args.read_timeout)),
+        Target("/etc/tmpfiles.d/lbsync.conf", TMPFILES),
         Target(UPSTREAM, _empty_upstream(settings), keep=True),
         Target("/etc/nginx/modules-enabled/50-lbsync-main.conf", _read(PACKAGE_TEMPLATES / "lbs_main.conf")),
         Target(f"{ERROR_ROOT}/lbs_503.html", _read(PACKAGE_TEMPLATES / "lbs_503.html")),
@@ -138,11 +147,14 @@ def _web_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str,
     ]
 
 
-def _site(listen: list[str], settings: Settings) -> bytes:
+def _site(listen: list[str], settings: Settings, read_timeout: int) -> bytes:
     from .render import render
 
+    if not 1 <= read_timeout <= 3600:
+        raise ConfigError(f"--read-timeout {read_timeout}: expected 1..3600 seconds")
     return render(PACKAGE_TEMPLATES / "lbs_site.conf.j2", {
-        "listen": listen, "upstream_name": settings.upstream_name, "error_root": ERROR_ROOT}).encode()
+        "listen": listen, "upstream_name": settings.upstream_name, "error_root": ERROR_ROOT,
+        "read_timeout": read_timeout}).encode()
 
 
 def _empty_upstream(settings: Settings) -> bytes:
@@ -174,11 +186,11 @@ def _check_stop_timeout(unit: bytes, drain_timeout: float) -> None:
                           f"TimeoutStopSec={stop:g}: raise it to at least {drain_timeout + 15:g}")
 
 
-def _toml(top: dict, agent: dict | None = None) -> str:
+def _toml(top: dict, **tables: dict) -> str:
     lines = ["# Written by `lbsync install`; re-run it instead of editing (it rewrites this file)."]
     lines += [f"{key} = {json.dumps(value)}" for key, value in top.items()]
-    if agent:
-        lines += ["", "[agent]"] + [f"{key} = {json.dumps(value)}" for key, value in agent.items()]
+    for table, values in tables.items():
+        lines += ["", f"[{table}]"] + [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
 

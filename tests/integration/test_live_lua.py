@@ -204,7 +204,7 @@ class LiveNginx:
         # served from the package: the workers (nobody) cannot enter pytest's 0700 tmp_path.
         site = env.get_template("lbs_site.conf.j2").render(
             listen=[f"127.0.0.1:{self.port} reuseport"], upstream_name=UPSTREAM,
-            error_root=str(TEMPLATES))
+            error_root=str(TEMPLATES), read_timeout=5)
         (self.prefix / "conf.d" / "lbs_site.conf").write_text(site)
         (self.prefix / "conf.d" / "lbs_upstream_live.conf").write_text(self.render())
         shutil.copy(TEMPLATES / "lbs_main_lua.conf", self.prefix / "main.d" / "lbs_main_lua.conf")

@@ -17,6 +17,7 @@ from kit.net import connects, free_port, http_get, wait_until
 from kit.paths import TEMPLATES
 from kit.procs import Proc, Processes, died, require
 
+READ_TIMEOUT = 2  # s: the lab's and bench's backends answer at once; a hung one is retried soon
 LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")  # Debian's libnginx-mod-http-lua
 
 NGINX_CONF = """\
@@ -60,6 +61,7 @@ def write_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") 
     write_if_changed(prefix / "main.d" / "lbs_main.conf", (TEMPLATES / "lbs_main.conf").read_text())
     write_if_changed(prefix / "html" / "lbs_503.html", (TEMPLATES / "lbs_503.html").read_text())
     site = render(TEMPLATES / "lbs_site.conf.j2", {"listen": [listen], "upstream_name": upstream_name,
+                                                   "read_timeout": READ_TIMEOUT,
                                                    "error_root": str(prefix / "html")})
     write_if_changed(prefix / "conf.d" / "lbs_site.conf", site)
     upstream = prefix / "conf.d" / "lbs_upstream.conf"

@@ -198,6 +198,17 @@ def test_lb_install_creates_then_changes_nothing(tmp_path, secrets):
     assert run(lb_args(root, secrets)) == []
 
 
+def test_an_lb_is_safe_out_of_the_box(tmp_path, secrets):
+    """Health checks on, a bounded read timeout, and the control socket's directory made at boot."""
+    root = tmp_path / "root"
+    run(lb_args(root, secrets))
+    settings = load(root / "etc/lbsync/lbsync.toml", env={})
+    assert settings.daemon.health_path == "/" and settings.daemon.health_interval * settings.daemon.health_fall <= 1.5
+    assert "proxy_read_timeout 10s;" in (root / "etc/nginx/conf.d/lbs_site.conf").read_text()
+    assert "d /run/lbsync 0700 root root -" in (root / "etc/tmpfiles.d/lbsync.conf").read_text()
+    assert settings.control_socket.startswith("/run/lbsync/") and settings.lock_file.startswith("/run/lbsync/")
+
+
 def test_install_repairs_edits_but_never_touches_the_live_upstream(tmp_path, secrets):
     root = tmp_path / "root"
     run(lb_args(root, secrets))
