@@ -201,7 +201,7 @@ def cmd_lb_config(args) -> None:
         "reload_command": f"{nginx} -s reload", "lock_file": str(lab / "lb" / "lbsync.lock"),
         "state_dir": str(lab / "lb" / "state"), "syslog": False,
     }, "lbsync on the lab's LB (on a real LB: /etc/lbsync/lbsync.toml)"), mode=0o600)
-    _serf_json(lab / "lb" / "serf.json", key, token)
+    _serf_json(lab / "lb" / "serf.json", key, token, lab / "lb" / "serf.snapshot")
 
 
 def cmd_web_config(args) -> None:
@@ -210,21 +210,23 @@ def cmd_web_config(args) -> None:
     key, token = _secrets(lab)
     node = lab / f"web{n}"
     ip = f"{env['LAB_NET']}.{n}"
-    _serf_json(lab / "serf-web.json", None, None)
+    _serf_json(node / "serf.json", None, None, node / "serf.snapshot")
     agent = {
         "node_name": f"serf-web{n}", "join": [f"{env['LB_IP']}:{env['LB_SERF_PORT']}"],
         "bind": f"{ip}:{env['WEB_SERF_PORT']}", "rpc_addr": f"{ip}:{env['WEB_RPC_PORT']}",
         "rpc_auth": token, "encrypt_key": key, "port": int(env["WEB_PORT"]),
-        "serf_config": str(lab / "serf-web.json"), "log_file": str(node / "access.log"),
+        "serf_config": str(node / "serf.json"), "log_file": str(node / "access.log"),
         "load_file": str(node / "load"),
     }
     text = _toml({"syslog": False}, f"lbsync agent on lab node serf-web{n}") + "\n" + _toml(agent, None, "agent")
     write(node / "lbsync.toml", text, mode=0o600)
 
 
-def _serf_json(path: Path, key: str | None, token: str | None) -> None:
-    """`local` profile: loopback-fast failure detection, so a killed node is noticed in seconds."""
-    config: dict = {"profile": "local"}
+def _serf_json(path: Path, key: str | None, token: str | None, snapshot: Path) -> None:
+    """`local` profile: loopback-fast failure detection, so a killed node is noticed in seconds;
+    a snapshot, as on real hosts: a restarted agent remembers the cluster."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config: dict = {"profile": "local", "snapshot_path": str(snapshot)}
     if key:
         config |= {"encrypt_key": key, "rpc_auth": token}
     write(path, json.dumps(config, indent=1) + "\n", mode=0o600)

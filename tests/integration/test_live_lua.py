@@ -635,15 +635,15 @@ def test_zero_backends_answer_the_sites_503_page(live, backends):
     web1 = backends("web1", "127.0.0.160")
     nginx = live()
     status, body, _ = nginx.get()
-    assert status == 503 and "No web server available" in body   # nothing held yet
+    assert status == 503 and "Service temporarily unavailable" in body   # nothing held yet
     nginx.apply(pool(1, [of(web1)]))
     assert nginx.get()[:2] == (200, "web1")
     nginx.apply(pool(2, []))
     status, body, _ = nginx.get()
-    assert status == 503 and "No web server available" in body
+    assert status == 503 and "Service temporarily unavailable" in body
     nginx.apply(pool(3, [of(web1, drain=True), member("web1b", "127.0.0.161", web1.port, down=True)]))
     status, body, _ = nginx.get()
-    assert status == 503 and "No web server available" in body
+    assert status == 503 and "Service temporarily unavailable" in body
     status, held = nginx.held()
     assert status == 200 and held["backends"] and held["version"] == 3
 
