@@ -92,20 +92,20 @@ def build_parser(with_install: bool = True) -> argparse.ArgumentParser:
                "environment variables, then flags. Exit codes follow sysexits(3).",
     )
     parser.add_argument("--version", action="version", version=f"lbsync {__version__}")
-    parser.add_argument("-c", "--config", help="config file (TOML); unknown keys are an error")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any setting, e.g. --set algorithm=least_conn "
-                             "--set daemon.resync_interval=30 (repeatable)")
-    _add_flags(parser, COMMON_FLAGS)
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_globals(parser, default=None)
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
 
     _command(commands, "handle", cmd_handle,
                       "Serf event handler: on a member event, reconcile from the full membership")
     sync = _command(commands, "sync", cmd_sync, "reconcile once now")
-    sync.add_argument("--dry-run", action="store_true", help="render and compare; write nothing")
+    sync.add_argument("--dry-run", action="store_true", help="render and compare; write nothing (exit 0)")
+    sync.add_argument("--check", action="store_true",
+                      help="like --dry-run, but exit 1 when a change is pending (for CI and monitoring)")
     sync.add_argument("--diff", action="store_true", help="print the change as a unified diff")
     _command(commands, "render", cmd_render, "print the upstream file the membership renders to")
+    _command(commands, "config", _lazy("configview", "show_config"),
+             "print the effective settings and where each came from (secrets hidden)")
     _command(commands, "status", _lazy("status", "show_status"),
              "members by state, rendered, skipped, last sync")
     _command(commands, "run", _lazy("daemon", "run_daemon"),
@@ -141,12 +141,13 @@ def cmd_handle(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from .plan import Outcome
     from .sync import reconcile
 
-    result = reconcile(settings, args.source_factory(settings), dry_run=args.dry_run)
+    result = reconcile(settings, args.source_factory(settings), dry_run=args.dry_run or args.check)
     if args.diff and result.diff:
         sys.stdout.write(result.diff)
-    return 0
+    return 1 if args.check and result.outcome is Outcome.DRY_RUN else 0
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
@@ -182,9 +183,24 @@ def _event_lines(stream) -> list[str]:
 
 
 def _command(commands, name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
-    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=SETTINGS_EPILOG)
     sub.set_defaults(func=func)
+    _add_globals(sub, default=argparse.SUPPRESS)  # `lbsync sync --rpc-addr X` works too
     return sub
+
+
+def _add_globals(parser: argparse.ArgumentParser, default) -> None:
+    """The options every command takes, before or after its name. After it they default to
+    SUPPRESS, so a value given before the command is not reset by the command's parser."""
+    parser.add_argument("-c", "--config", default=default, help="config file (TOML); unknown keys are an error")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
+                        help="log debug details")
+    parser.add_argument("--set", action="append", dest="set" if default is None else "set_after",
+                        default=[] if default is None else default, metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set algorithm=least_conn "
+                             "--set daemon.resync_interval=30 (repeatable)")
+    for flag, (key, help_text) in COMMON_FLAGS.items():
+        parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", default=default, help=help_text)
 
 
 def _lazy(module: str, function: str) -> Callable[[Settings, argparse.Namespace], int]:
@@ -195,6 +211,11 @@ def _lazy(module: str, function: str) -> Callable[[Settings, argparse.Namespace]
 
 
 INSTALL = _lazy("install", "run_install")
+
+
+SETTINGS_EPILOG = ("Every setting can also come from /etc/lbsync/lbsync.toml (and lbsync.d/*.toml), an "
+                   "LBSYNC_<KEY> environment variable or --set KEY=VALUE; `lbsync config` lists them "
+                   "with their values and sources.")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
@@ -208,7 +229,7 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]
     values = {key[4:]: value for key, value in vars(args).items()
               if key.startswith("opt:") and value is not None}
     flags = {key: f"flag {flag_of.get(key, '--dry-run')}" for key in values}
-    for item in args.set:
+    for item in args.set + getattr(args, "set_after", []):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")

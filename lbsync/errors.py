@@ -9,7 +9,8 @@ readable line and exit with a sysexits(3) code instead of a traceback::
     ├── ReloadError     (75 EX_TEMPFAIL)    the reload command failed; the new file is in place
     ├── PushError       (75 EX_TEMPFAIL)    nginx's live balancer did not take the pool; retried
     ├── InstallError    (73 EX_CANTCREAT)   the output file could not be written
-    └── LockError       (75 EX_TEMPFAIL)    another lbsync run held the lock too long
+    ├── LockError       (75 EX_TEMPFAIL)    another lbsync run held the lock too long
+    └── NoPermission    (77 EX_NOPERM)      not allowed to touch a file lbsync needs (not root?)
 """
 
 from __future__ import annotations
@@ -70,3 +71,12 @@ class InstallError(LbsyncError):
 
 class LockError(LbsyncError):
     exit_code = os.EX_TEMPFAIL
+
+
+class NoPermission(LbsyncError):
+    exit_code = os.EX_NOPERM
+
+    @classmethod
+    def on(cls, path: object, doing: str) -> NoPermission:
+        hint = " (run it as root, e.g. with sudo)" if os.geteuid() != 0 else ""
+        return cls(f"permission denied {doing} {path}{hint}")

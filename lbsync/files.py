@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import InstallError, LockError
+from .errors import InstallError, LockError, NoPermission
 
 
 def write_atomic(path: Path, content: str | bytes, durable: bool = True, mode: int = 0o644) -> None:
@@ -26,7 +26,10 @@ def write_atomic(path: Path, content: str | bytes, durable: bool = True, mode: i
     import tempfile
 
     data = content.encode() if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError:
+        raise NoPermission.on(path, "writing") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -135,6 +138,8 @@ def _open_lock(path: Path) -> int:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except PermissionError:
+        raise NoPermission.on(path, "opening the lock file") from None
     except OSError as exc:
         why = "it is a symlink; refusing to follow it" if exc.errno == errno.ELOOP else exc.strerror
         raise LockError(f"cannot open lock file {path}: {why}") from None

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InstallError
+from .errors import InstallError, NoPermission
 from .files import write_atomic
 
 
@@ -51,6 +51,8 @@ def apply(targets: list[Target], root: Path, dry_run: bool = False) -> list[tupl
                 path.unlink()
             else:
                 _write(path, target.content, target.mode)
+        except PermissionError:
+            raise NoPermission.on(path, "writing") from None
         except OSError as exc:
             raise InstallError(f"cannot write {path}: {exc.strerror or exc}") from None
     return changes

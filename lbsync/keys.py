@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ConfigError, InstallError
+from .errors import ConfigError, InstallError, NoPermission
 from .rules import gossip_key
 
 SECRET_FILES = ("serf.key", "rpc.token")
@@ -31,14 +31,7 @@ def secrets_for(directory: Path, create: bool, serf_bin: str = "serf", dry_run: 
     for name in SECRET_FILES:
         path = directory / name
         if create and not path.exists():
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            value = _keygen(serf_bin) if name == "serf.key" else _token()
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(value + "\n")
-            except FileExistsError:
-                pass
+            _make(path, _keygen(serf_bin) if name == "serf.key" else _token())
         try:
             out[name] = path.read_text().strip()
         except OSError:
@@ -50,6 +43,18 @@ def secrets_for(directory: Path, create: bool, serf_bin: str = "serf", dry_run: 
     except ValueError as exc:
         raise ConfigError(f"{directory}/serf.key {exc}") from None
     return out
+
+
+def _make(path: Path, value: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+    except FileExistsError:
+        pass  # another provisioner made it first: read theirs
+    except PermissionError:
+        raise NoPermission.on(path, "creating") from None
 
 
 def _token() -> str:

@@ -1,4 +1,8 @@
-"""Build Settings from its layers: defaults <- TOML file <- LBSYNC_* environment <- flags.
+"""Build Settings from its layers: defaults <- TOML file <- lbsync.d/*.toml <- LBSYNC_* environment
+<- flags.
+
+`lbsync install` owns lbsync.toml; an operator's own settings go in lbsync.d/ beside it (read in
+name order), which install never touches.
 
 Unknown keys are an error (a typo must never silently fall back to a default on a load
 balancer). Environment variables are `LBSYNC_<KEY>` for top-level keys and
@@ -35,11 +39,22 @@ def load(
 ) -> Settings:
     """Settings from the layers. `overrides` uses dotted keys for tables ("agent.port"); `flags`
     names the flag that set each override (default: `--set KEY`)."""
+    return load_with_sources(path, env, overrides, flags)[0]
+
+
+def load_with_sources(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Settings, and where each key that is not a default came from (for `lbsync config`)."""
     env = os.environ if env is None else env
     file, required = config_path(path, env)
     values: dict = {}
     sources: dict[str, str] = {}
-    _merge(values, sources, _read_toml(file, required), f"config file {file}")
+    for toml in (file, *sorted(file.with_name("lbsync.d").glob("*.toml"))):
+        _merge(values, sources, _read_toml(toml, required and toml == file), f"file {toml}")
     _merge(values, sources, _from_env(env), "environment")
     _merge(values, sources, _nest(overrides or {}), "flag")
     for key in list(sources):
@@ -48,10 +63,36 @@ def load(
         elif sources[key] == "flag":
             sources[key] = (flags or {}).get(key) or f"flag --set {key}"
     try:
-        return _build(values)
+        return _build(values), sources
     except SettingError as exc:
-        where = sources.get(exc.key, "default")
-        raise ConfigError(f"{exc.key} (from {where}): {exc.reason}") from None
+        raise ConfigError(f"{exc.key} (from {where(sources.get(exc.key), exc.key)}): {exc.reason}") from None
+
+
+def where(source: str | None, key: str) -> str:
+    """A source as an operator finds it: a file with the line that sets `key`, a variable, a flag."""
+    if source is None:
+        return "default"
+    if not source.startswith("file "):
+        return source
+    path = Path(source[len("file "):])
+    table, _, name = key.rpartition(".")
+    return f"{path}:{_line_of(path, table, name) or '?'}"
+
+
+def _line_of(path: Path, table: str, key: str) -> int | None:
+    """The line of `key = ...` inside `[table]` (top level when empty); TOML parsers keep none."""
+    current = ""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped.strip("[] ")
+        elif current == table and stripped.split("=", 1)[0].strip().strip('"') == key:
+            return number
+    return None
 
 
 def load_text(text: str) -> Settings:

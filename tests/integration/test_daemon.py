@@ -160,6 +160,6 @@ def test_config_edit_and_sighup_reload_settings_or_keep_the_old(lab):
     wait_until(lambda: "keeping the previous settings" in lab.log(), CONVERGE, "the bad config refused")
     lab.daemon.send(signal.SIGHUP)
     wait_until(lambda: lab.log().count("keeping the previous settings") >= 2, CONVERGE, "SIGHUP re-read")
-    assert "algorithm (from config file" in lab.log() and "'fastest' is not one of round_robin" in lab.log()
+    assert "algorithm (from " + str(config) + ":1)" in lab.log() and "'fastest' is not one of round_robin" in lab.log()
     assert lab.daemon.alive() and "least_conn;" in lab.upstream()
     assert lab.served_by() == {"serf-web1"}

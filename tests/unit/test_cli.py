@@ -27,7 +27,7 @@ def test_bad_config_is_one_line_ex_config(tmp_path):
     (tmp_path / "bad.toml").write_text("algoritm = 'least_conn'\n")
     done = lbsync("--config", str(tmp_path / "bad.toml"), "sync")
     assert done.returncode == os.EX_CONFIG
-    assert done.stderr.count("\n") == 1 and "algoritm (from config file" in done.stderr
+    assert done.stderr.count("\n") == 1 and f"algoritm (from {tmp_path / 'bad.toml'}:1)" in done.stderr
     assert "unknown key; did you mean 'algorithm'?" in done.stderr
 
 
@@ -41,3 +41,22 @@ def test_unreachable_agent_for_sync(tmp_path):
     (tmp_path / "c.toml").write_text('rpc_addr = "127.0.0.1:1"\nsyslog = false\n')
     done = lbsync("--config", str(tmp_path / "c.toml"), "sync")
     assert done.returncode == os.EX_UNAVAILABLE and "Traceback" not in done.stderr
+
+
+def test_not_allowed_is_exit_77_with_one_line_not_a_traceback(tmp_path):
+    """An immutable directory refuses even root (EPERM), as /run refuses a non-root user."""
+    locked_out = tmp_path / "immutable"
+    locked_out.mkdir()
+    subprocess.run(["chattr", "+i", str(locked_out)], check=True)
+    try:
+        install = lbsync("install", "--role", "lb", "--ip", "10.0.0.1", "--network", "10.0.0.0/24",
+                         "--root", str(locked_out))
+        sync = lbsync("--set", f"lock_file={locked_out}/run/lbsync.lock", "--set", f"state_dir={tmp_path}",
+                      "--set", "rpc_addr=127.0.0.1:1", "--set", "syslog=false", "sync",
+                      env={"LBSYNC_CONFIG": os.devnull})
+    finally:
+        subprocess.run(["chattr", "-i", str(locked_out)], check=True)
+    for done in (install, sync):
+        assert done.returncode == os.EX_NOPERM == 77, done.stderr
+        assert "permission denied" in done.stderr and "Traceback" not in done.stderr
+        assert done.stderr.count("\n") == 1

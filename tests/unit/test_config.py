@@ -27,8 +27,8 @@ def test_missing_default_file_is_fine_but_explicit_one_is_not(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("rol = 'web'\n", r"rol \(from config file .*\): unknown key; did you mean 'role'\?"),
-    ("[agent]\nprot = 1\n", r"agent.prot \(from config file .*\): unknown key; did you mean 'port'\?"),
+    ("rol = 'web'\n", r"rol \(from .*lbsync.toml:1\): unknown key; did you mean 'role'\?"),
+    ("[agent]\nprot = 1\n", r"agent.prot \(from .*lbsync.toml:2\): unknown key; did you mean 'port'\?"),
     ("keepalive = 'lots'\n", "keepalive .*: 'lots' is not an integer"),
     ("algorithm = 'random'\n", "algorithm .*: 'random' is not one of round_robin"),
     ("allowed_networks = ['10.0.0.0/33']\n", "not a network"),
@@ -46,3 +46,31 @@ def test_bad_values_are_one_line_errors(tmp_path, text, message):
 def test_env_lists_are_comma_separated(tmp_path):
     settings = load(write(tmp_path, ""), env={"LBSYNC_ALLOWED_NETWORKS": "10.0.0.0/8, 192.168.56.0/24"})
     assert settings.allowed_networks == ("10.0.0.0/8", "192.168.56.0/24")
+
+
+def test_drop_ins_override_the_installed_file_in_name_order(tmp_path):
+    main = write(tmp_path, 'algorithm = "hash"\nkeepalive = 2\n')
+    (tmp_path / "lbsync.d").mkdir()
+    (tmp_path / "lbsync.d" / "20-late.toml").write_text('algorithm = "ip_hash"\n')
+    (tmp_path / "lbsync.d" / "10-early.toml").write_text('algorithm = "least_conn"\nkeepalive = "x"\n')
+    with pytest.raises(ConfigError, match=r"keepalive \(from .*10-early.toml:2\)"):
+        load(main, env={})
+    (tmp_path / "lbsync.d" / "10-early.toml").write_text('algorithm = "least_conn"\n')
+    settings = load(main, env={})
+    assert (settings.algorithm, settings.keepalive) == ("ip_hash", 2)
+
+
+def test_config_command_shows_values_sources_and_hides_secrets(tmp_path):
+    import subprocess
+    import sys
+
+    path = write(tmp_path, 'rpc_auth = "s3cret"\n[daemon]\nhealth_path = "/"\n')
+    done = subprocess.run([sys.executable, "-m", "lbsync", "-c", str(path), "config", "--set", "keepalive=8"],
+                          capture_output=True, text=True, timeout=30, env={"LBSYNC_ROLE": "api", "PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f'daemon.health_path = "/"  # {path}:3' in lines
+    assert "keepalive = 8  # flag --set keepalive" in lines
+    assert 'role = "api"  # environment variable LBSYNC_ROLE' in lines
+    assert "rpc_auth = (set, hidden)  # " + f"{path}:1" in lines and "s3cret" not in done.stdout
+    assert 'upstream_name = "lbs_backend"  # default' in lines

@@ -242,7 +242,7 @@ def test_the_collapse_grace_ends_and_genuine_departures_apply_at_once(tmp_path):
 def test_every_number_is_finite_in_range_and_of_its_type(tmp_path, text, key):
     path = tmp_path / "lbsync.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=rf"^{key} \(from config file "):
+    with pytest.raises(ConfigError, match=rf"^{key} \(from {path}:[12]\): "):
         load(path, env={})
 
 
