@@ -6,19 +6,21 @@ are imported only when asked for, so `lbsync handle` stays cheap.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, LbsyncError
 from .layers import load
 
 if TYPE_CHECKING:
+    import argparse
+
     from .config import Settings
     from .plan import MemberSource
 
@@ -48,7 +50,11 @@ def main(argv: Sequence[str] | None = None,
     """`lbsync ARGS`. `source_factory` replaces the Serf agent as the member source (benchmarks
     feed `handle` members from a file this way)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(with_install="install" in argv).parse_args(argv)
+    args: Any
+    if argv == ["handle"]:  # Serf's hook takes no option: skip argparse (~10 ms a run, serially)
+        args = SimpleNamespace(func=cmd_handle, config=None, verbose=False, set=[])
+    else:
+        args = build_parser(argv).parse_args(argv)
     args.source_factory = source_factory or _serf_source
     if args.func is INSTALL:  # install writes the config file, so a broken one must not stop it
         _setup_logging(args.verbose, syslog=False)
@@ -74,56 +80,63 @@ def _run(func: Callable, settings: Settings | None, args: argparse.Namespace) ->
         return 130
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error exits with EX_USAGE (64) as sysexits(3) asks."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Every command is listed; only the one in `argv` gets its options built (all of them when
+    none is named, e.g. for --help). Serf runs the hook serially, so `lbsync handle` builds one
+    small subparser instead of all of them, and never imports the installer."""
+    import argparse  # here, not at the top: the hook never parses (see main)
 
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
+    class _Parser(argparse.ArgumentParser):
+        """argparse, but a usage error exits with EX_USAGE (64) as sysexits(3) asks."""
 
+        def error(self, message: str):
+            self.print_usage(sys.stderr)
+            self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
-def build_parser(with_install: bool = True) -> argparse.ArgumentParser:
-    """All subcommands. `install`'s many flags are only defined when it is the command asked for,
-    so Serf's hook path does not import the installer."""
     parser = _Parser(
         prog="lbsync",
         description="Keep nginx's upstream equal to the web nodes Serf knows are alive.",
-        epilog="Config: /etc/lbsync/lbsync.toml (or --config / LBSYNC_CONFIG), then LBSYNC_* "
-               "environment variables, then flags. Exit codes follow sysexits(3).",
+        epilog="Config: /etc/lbsync/lbsync.toml (or --config / LBSYNC_CONFIG), lbsync.d/*.toml, then "
+               "LBSYNC_* environment variables, then flags. Exit codes follow sysexits(3).",
     )
     parser.add_argument("--version", action="version", version=f"lbsync {__version__}")
     _add_globals(parser, default=None)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
+    chosen = next((word for word in argv or () if word in COMMANDS), None)
+    for name, (func, help_text, add_options) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=SETTINGS_EPILOG)
+        sub.set_defaults(func=func)
+        if chosen in (None, name):
+            _add_globals(sub, default=argparse.SUPPRESS)  # `lbsync sync --rpc-addr X` works too
+            add_options(sub)
+    return parser
 
-    _command(commands, "handle", cmd_handle,
-                      "Serf event handler: on a member event, reconcile from the full membership")
-    sync = _command(commands, "sync", cmd_sync, "reconcile once now")
+
+def _sync_options(sync: argparse.ArgumentParser) -> None:
     sync.add_argument("--dry-run", action="store_true", help="render and compare; write nothing (exit 0)")
     sync.add_argument("--check", action="store_true",
                       help="like --dry-run, but exit 1 when a change is pending (for CI and monitoring)")
     sync.add_argument("--diff", action="store_true", help="print the change as a unified diff")
-    _command(commands, "render", cmd_render, "print the upstream file the membership renders to")
-    _command(commands, "config", _lazy("configview", "show_config"),
-             "print the effective settings and where each came from (secrets hidden)")
-    _command(commands, "status", _lazy("status", "show_status"),
-             "members by state, rendered, skipped, last sync")
-    _command(commands, "run", _lazy("daemon", "run_daemon"),
-             "long-running LB mode: follow Serf over RPC, debounce, resync, health checks")
-    agent = _command(commands, "agent", _lazy("agent", "run_agent"),
-                     "web node: join the cluster with role/port/weight tags; drain on SIGTERM")
+
+
+def _agent_options(agent: argparse.ArgumentParser) -> None:
     _add_flags(agent, AGENT_FLAGS)
-    scale = _command(commands, "autoscale", _lazy("scaler", "run_autoscaler"),
-                     "scale the web pool on fleet load with operator commands")
+
+
+def _autoscale_options(scale: argparse.ArgumentParser) -> None:
     scale.add_argument("--dry-run", dest="opt:autoscale.dry_run", action="store_const",
                        const="true", help="log every decision; run no command")
-    install = _command(commands, "install", INSTALL,
-                       "put the handlers/ files in place on an LB or web host; report what changed")
-    if with_install:
-        from .install import add_arguments
 
-        add_arguments(install)
-    return parser
+
+def _install_options(install: argparse.ArgumentParser) -> None:
+    from .install import add_arguments
+
+    add_arguments(install)
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    pass
 
 
 def cmd_handle(settings: Settings, args: argparse.Namespace) -> int:
@@ -182,13 +195,6 @@ def _event_lines(stream) -> list[str]:
     return lines
 
 
-def _command(commands, name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
-    sub = commands.add_parser(name, help=help_text, description=help_text, epilog=SETTINGS_EPILOG)
-    sub.set_defaults(func=func)
-    _add_globals(sub, default=argparse.SUPPRESS)  # `lbsync sync --rpc-addr X` works too
-    return sub
-
-
 def _add_globals(parser: argparse.ArgumentParser, default) -> None:
     """The options every command takes, before or after its name. After it they default to
     SUPPRESS, so a value given before the command is not reset by the command's parser."""
@@ -203,6 +209,27 @@ def _add_globals(parser: argparse.ArgumentParser, default) -> None:
         parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", default=default, help=help_text)
 
 
+def _commands() -> dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]]:
+    return {
+        "handle": (cmd_handle, "Serf event handler: on a member event, reconcile from the full membership",
+                   _no_options),
+        "sync": (cmd_sync, "reconcile once now", _sync_options),
+        "render": (cmd_render, "print the upstream file the reload driver would render", _no_options),
+        "config": (_lazy("configview", "show_config"),
+                   "print the effective settings and where each came from (secrets hidden)", _no_options),
+        "status": (_lazy("status", "show_status"), "members by state, what nginx serves, skips, last sync",
+                   _no_options),
+        "run": (_lazy("daemon", "run_daemon"),
+                "long-running LB mode: follow Serf over RPC, push or reload, resync, health checks", _no_options),
+        "agent": (_lazy("agent", "run_agent"),
+                  "web node: join the cluster with role/port/weight tags; drain on SIGTERM", _agent_options),
+        "autoscale": (_lazy("scaler", "run_autoscaler"), "scale the web pool on fleet load with operator commands",
+                      _autoscale_options),
+        "install": (INSTALL, "put lbsync's files in place on an LB or web host; report what changed",
+                    _install_options),
+    }
+
+
 def _lazy(module: str, function: str) -> Callable[[Settings, argparse.Namespace], int]:
     """Run `lbsync.<module>.<function>(settings, args)`, importing the module only when chosen."""
     def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -211,6 +238,7 @@ def _lazy(module: str, function: str) -> Callable[[Settings, argparse.Namespace]
 
 
 INSTALL = _lazy("install", "run_install")
+COMMANDS = _commands()
 
 
 SETTINGS_EPILOG = ("Every setting can also come from /etc/lbsync/lbsync.toml (and lbsync.d/*.toml), an "

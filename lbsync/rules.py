@@ -7,12 +7,9 @@ everywhere and is written once.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import math
 import re
-import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -161,6 +158,9 @@ def url_path(value: Any) -> str:
 
 def gossip_key(value: Any) -> str:
     """Serf wants base64 of 16, 24 or 32 bytes; say so here rather than in Serf's log."""
+    import base64
+    import binascii
+
     try:
         size = len(base64.b64decode(text(value), validate=True))
     except (binascii.Error, ValueError):
@@ -179,6 +179,8 @@ def nginx_path(value: Any) -> str:
 
 def command(value: Any) -> str:
     """Split like a shell would (no shell runs): unbalanced quotes are refused now, not later."""
+    import shlex
+
     shlex.split(text(value))
     return value
 

@@ -42,7 +42,7 @@ def read(state_dir: str, name: str) -> dict | None:
 def write(state_dir: str, name: str, data: dict, durable: bool = False) -> None:
     """Atomically; raises OSError for the caller to report in its own words."""
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(path(state_dir, name), json.dumps(data, indent=1, sort_keys=True), durable=durable)
+    write_atomic(path(state_dir, name), json.dumps(data, separators=(",", ":")), durable=durable)
 
 
 def record_sync(state_dir: str, result: SyncResult) -> None:

@@ -79,3 +79,18 @@ def test_hostile_stdin_is_logged_printable(world):
     tmp, serf, env = world
     done = handle(env, "member-leave", "evil\x1b[2J\t10.0.0.5\tweb\trole=web\n")
     assert "\x1b" not in done.stderr and "evil\\x1b[2J" in done.stderr
+
+
+def test_the_unchanged_hook_imports_only_what_it_needs(world):
+    """Serf runs handlers one after another: every import on this path delays the next event."""
+    tmp, serf, env = world
+    handle(env, "member-join")
+    done = subprocess.run(["/bin/sh", "-c", f"{sys.executable} -X importtime -m lbsync handle"],
+                          env={**os.environ, **env, "SERF_EVENT": "member-update"}, capture_output=True,
+                          text=True, timeout=30)
+    assert "unchanged" in done.stderr, done.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    heavy = {"argparse", "jinja2", "subprocess", "tempfile", "difflib", "http.client", "email",
+             "prometheus_client", "watchdog", "psutil", "lbsync.nginx", "lbsync.install"}
+    assert not heavy & imported, heavy & imported
