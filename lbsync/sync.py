@@ -32,17 +32,25 @@ log = logging.getLogger("lbsync")
 def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
               unhealthy: frozenset[str] = frozenset(), driver: Driver | None = None) -> SyncResult:
     """Bring nginx to exactly what the current membership says; say what changed."""
+    started = time.monotonic()
     with contextlib.nullcontext() if dry_run else locked(settings.lock_file, settings.lock_timeout):
-        memory = Memory.recall(settings.state_dir)
-        records, held = hold(source.members(), memory, time.time(), settings.collapse_grace)  # snapshot
-        selection = select(records, settings, memory.endpoints)
-        log_skips(selection)
-        plan = Plan.of(settings, selection, unhealthy)
-        applied = (driver or choose(settings)).apply(plan, dry_run)
+        try:
+            memory = Memory.recall(settings.state_dir)
+            records, held = hold(source.members(), memory, time.time(), settings.collapse_grace)  # snapshot
+            selection = select(records, settings, memory.endpoints)
+            log_skips(selection)
+            plan = Plan.of(settings, selection, unhealthy)
+            applying = time.monotonic()
+            applied = (driver or choose(settings)).apply(plan, dry_run)
+        except Exception as exc:  # recorded under the lock for `lbsync status` and the metrics
+            if not dry_run:
+                state.record_failure(settings, exc, time.monotonic() - started)
+            raise
         result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff,
                             selection, applied.action, held)
         if applied.outcome is not Outcome.DRY_RUN:
-            state.record_sync(settings.state_dir, result)
+            done = time.monotonic()
+            state.record_sync(settings, result, (done - started, done - applying))
     return result
 
 
