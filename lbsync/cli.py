@@ -120,6 +120,10 @@ def _sync_options(sync: argparse.ArgumentParser) -> None:
     sync.add_argument("--diff", action="store_true", help="print the change as a unified diff")
 
 
+def _status_options(status: argparse.ArgumentParser) -> None:
+    status.add_argument("--json", action="store_true", help="the same as JSON (schema: lbsync/status.py)")
+
+
 def _agent_options(agent: argparse.ArgumentParser) -> None:
     _add_flags(agent, AGENT_FLAGS)
 
@@ -217,8 +221,8 @@ def _commands() -> dict[str, tuple[Callable, str, Callable[[argparse.ArgumentPar
         "render": (cmd_render, "print the upstream file the reload driver would render", _no_options),
         "config": (_lazy("configview", "show_config"),
                    "print the effective settings and where each came from (secrets hidden)", _no_options),
-        "status": (_lazy("status", "show_status"), "members by state, what nginx serves, skips, last sync",
-                   _no_options),
+        "status": (_lazy("status", "show_status"), "per pool: backends, what nginx serves, drift; last run, "
+                   "daemon, autoscaler, recent events", _status_options),
         "run": (_lazy("daemon", "run_daemon"),
                 "long-running LB mode: follow Serf over RPC, push or reload, resync, health checks", _no_options),
         "agent": (_lazy("agent", "run_agent"),
