@@ -10,6 +10,7 @@ Reading the layers (file, environment, flags) and naming the source of a bad val
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,14 @@ class DaemonSettings(Checked):
     health_rise: int = spec(2, integer(1, 100))
     health_fall: int = spec(2, integer(1, 100))
     metrics_file: str = spec("", text)
+    status_listen: str = spec("", optional(address))  # the status page and /metrics; empty: off
+    status_remote: bool = spec(False, rules.boolean)  # let status_listen be a non-loopback address
 
     TABLE = "daemon"
     RELATIONS = (("debounce_min", "debounce_max", lambda s: s.debounce_min <= s.debounce_max,
-                  "must not exceed"),)
+                  "must not exceed"),
+                 ("status_listen", "status_remote", lambda s: s.status_remote or loopback(s.status_listen),
+                  "is not a loopback address; to serve the status page there anyway set"))
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,19 @@ class Settings(Checked):
     agent: AgentSettings = field(default_factory=AgentSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+
+
+def loopback(listen: str) -> bool:
+    """Whether host:port binds only this machine ('' is off, so it binds nothing)."""
+    if not listen:
+        return True
+    host = rules.split_hostport(listen)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
 
 
 SECTIONS: dict[str, type] = {"agent": AgentSettings, "daemon": DaemonSettings, "autoscale": AutoscaleSettings}

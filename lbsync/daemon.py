@@ -40,6 +40,7 @@ from .sdnotify import notify
 from .serf import RpcTarget, SerfClient, connect
 
 if TYPE_CHECKING:
+    from .statuspage import StatusServer
     from .watch import Watcher
 
 log = logging.getLogger("lbsync")
@@ -84,8 +85,10 @@ class Daemon:
         self.last_reload: float | None = None
         self.throttle_logged = False
         self.view = metrics.View()
+        self.published: dict = {}  # what daemon.json says now; the status page serves the same
         self.health: Checker | None = None
         self.watcher: Watcher | None = None
+        self.page: StatusServer | None = None
         self.stopping = threading.Event()
         self.config_changed = threading.Event()
         self.template_changed = threading.Event()
@@ -98,6 +101,8 @@ class Daemon:
         self._log_start()
         self._set_health(self.settings)
         self._watch()
+        self._serve_page(self.settings)
+        self._publish()  # daemon.json names this pid from the start: the hook leaves the textfile to us
         try:
             while not self.stopping.is_set():
                 self.tick(time.monotonic())
@@ -128,9 +133,14 @@ class Daemon:
             self.watcher.stop()
         if self.health is not None:
             self.health.stop()
+        if self.page is not None:
+            self.page.stop()
         self._drop_client()
-        self.view.connected = False
-        metrics.publish(self.settings, self.view)
+        self.view.stopped = time.time()
+        self._publish()
+
+    def _publish(self) -> None:
+        self.published = metrics.publish(self.settings, self.view)
 
     def _sleep_time(self) -> float:
         """Idle: `poll_interval`. With a change pending, poll at the quiet window's pace, so a
@@ -172,7 +182,7 @@ class Daemon:
             self.view.reconnects += 1
         self.outage_since = None
         self.backoff.reset()
-        self.view.connected = True
+        self.view.set_connected(True, time.time())
         self.debounce.force()  # a full resync after every (re)connect
         return True
 
@@ -191,19 +201,20 @@ class Daemon:
 
     def _lost(self, now: float, exc: SourceError) -> None:
         """Drop the connection and schedule a retry; log once per outage, not per attempt."""
+        self.view.set_connected(False, time.time(), str(exc))
         self._drop_client()
         if self.outage_since is None:
             self.outage_since = now
             log.warning("%s; nginx keeps its current backends; retrying with backoff up to %g s",
                         exc, self.settings.daemon.reconnect_max)
-            metrics.publish(self.settings, self.view)  # status shows serf_connected: false
+            self._publish()  # status shows serf_connected: false
         self.next_connect = now + self.backoff.next()
 
     def _drop_client(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
-        self.view.connected = False
+        self.view.set_connected(False, time.time())
 
     def _observe(self, now: float) -> None:
         unhealthy = self.health.unhealthy() if self.health else frozenset()
@@ -231,6 +242,7 @@ class Daemon:
         self.debounce.clear()
         self.throttle_logged = False
         self.next_resync = now + self.settings.daemon.resync_interval
+        self.view.set_health(self.health.snapshot() if self.health else {}, time.time())
         try:
             result = self.reconcile(self.settings, Snapshot(self.records), unhealthy=unhealthy)
             log.debug("reconcile took %.0f ms, %.0f ms after the first change it covers",
@@ -253,8 +265,7 @@ class Daemon:
                 self.next_resync = min(self.next_resync, now + max(left, 0.0) + 0.01)
             if self.health is not None:
                 self.health.set_targets(targets_for(result.backends))
-        self.view.health = self.health.snapshot() if self.health else {}
-        metrics.publish(self.settings, self.view)
+        self._publish()
 
     # -- hot reload ---------------------------------------------------------------------------
 
@@ -287,6 +298,8 @@ class Daemon:
         self._set_health(new)
         if old.template != new.template:
             self._watch()
+        if old.daemon.status_listen != new.daemon.status_listen:
+            self._serve_page(new)
         self.debounce.force()
 
     def _set_health(self, settings: Settings) -> None:
@@ -299,6 +312,22 @@ class Daemon:
         elif self.health is not None:
             self.health.stop()
             self.health = None
+
+    def _serve_page(self, settings: Settings) -> None:
+        """Start, move or stop the status page to match `daemon.status_listen`; a page that
+        cannot bind is logged and the daemon goes on without it."""
+        if self.page is not None:
+            self.page.stop()
+            self.page, self.view.status_url = None, ""
+        if settings.daemon.status_listen:
+            from .statuspage import StatusServer
+
+            self.page = StatusServer.start_on(settings.daemon.status_listen, self._page_inputs)
+            self.view.status_url = self.page.url if self.page else ""
+
+    def _page_inputs(self) -> tuple[Settings, list[dict], dict]:
+        """What the page shows, from the page's thread: references the loop replaces whole."""
+        return self.settings, self.records, self.published
 
     def _watch(self) -> None:
         from .watch import Watcher
