@@ -3,7 +3,7 @@
 # can run again at any time. With --root DIR only the files are written, under DIR: no apt, no
 # venv, no systemctl. That is how the tests check provisioning without VMs or root paths.
 
-ROOT="" NAME="" IP="" JOIN="" NETWORK="" SECRETS="" MODE="hook" PORT="80" LISTEN="80"
+ROOT="" NAME="" IP="" JOIN="" NETWORK="" SECRETS="" MODE="hook" PORT="80" LISTEN="80" WHEELS=""
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 VENV=/opt/lbsync
@@ -24,6 +24,7 @@ parse_args() {
             --port) PORT=$2 ;;
             --listen) LISTEN=$2 ;;
             --src) SRC=$2 ;;
+            --wheels) WHEELS=$2 ;;
             *) die "unknown option $1" ;;
         esac
         shift 2
@@ -51,22 +52,55 @@ apt_install() {
     rm -f /usr/sbin/policy-rc.d
 }
 
-# lbsync in its own venv, editable from the synced source, on PATH where the units expect it.
+# lbsync from a built wheel in its own venv (/opt/lbsync), on PATH where the units expect it. The
+# venv holds lbsync and its dependencies only: Debian's pip (python3-pip) installs into it with
+# --python, the same pip on every host, updated by apt (and a venv made without pip is made in a
+# tenth of the time). Inspect it with: python3 -m pip --python /opt/lbsync/bin/python list
+# --wheels DIR: a wheelhouse (lbsync's wheel and its dependencies' wheels); pip then uses nothing
+# else, for hosts with no route out. Without it the wheel is built here from --src, and the
+# dependencies come from the package index (a Vagrant VM has one). A wheel is installed only when
+# it differs from the last one (its sha256 is kept in the venv): the run then reports
+# "updated /opt/lbsync/", and the services running lbsync are restarted.
 install_lbsync() {
     if [ -n "$ROOT" ]; then
         export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
         return 0
     fi
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q -e "$SRC"
-    ln -sf "$VENV/bin/lbsync" /usr/local/bin/lbsync
     PYTHON="$VENV/bin/python"
+    [ -x "$PYTHON" ] || python3 -m venv --without-pip "$VENV"
+    built=""
+    if [ -n "$WHEELS" ]; then
+        set -- "$WHEELS"/lbsync-*.whl
+        [ $# -eq 1 ] && [ -f "$1" ] || die "--wheels $WHEELS: expected exactly one lbsync-*.whl there"
+        wheel=$1
+        set -- --no-index --find-links "$WHEELS"
+    else  # from a copy of the source, so the build leaves nothing in it (build/, *.egg-info)
+        built=$(mktemp -d)
+        mkdir "$built/src"
+        cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/LICENSE" "$SRC/lbsync" "$built/src/"
+        SOURCE_DATE_EPOCH=315532800 debian_pip wheel --no-deps -w "$built" "$built/src"  # same source, same bytes
+        wheel=$(ls "$built"/lbsync-*.whl)
+        set --
+    fi
+    sum=$(sha256sum "$wheel" | cut -d' ' -f1)
+    if [ "$(cat "$VENV/.lbsync-wheel" 2>/dev/null)" != "$sum" ] || ! [ -x "$VENV/bin/lbsync" ]; then
+        if [ -x "$VENV/bin/lbsync" ]; then  # a rebuilt wheel keeps its version: reinstall lbsync
+            debian_pip --python "$PYTHON" install "$@" --force-reinstall --no-deps "$wheel"
+        fi
+        debian_pip --python "$PYTHON" install "$@" "$wheel"  # and whatever dependency is missing
+        echo "$sum" > "$VENV/.lbsync-wheel"
+        echo "updated $VENV/ ($(basename "$wheel"))" >> "$CHANGES"
+    fi
+    [ -z "$built" ] || rm -rf "$built"
+    ln -sf "$VENV/bin/lbsync" /usr/local/bin/lbsync
 }
+
+debian_pip() { python3 -m pip -q --disable-pip-version-check "$@"; }
 
 # `lbsync install` prints one line per file it changed; later steps restart only what changed.
 run_install() {
     "$PYTHON" -m lbsync.install --node-name "$NAME" --ip "$IP" --secrets "$SECRETS" \
-        --handlers "$SRC/handlers" --root "${ROOT:-/}" "$@" > "$CHANGES"
+        --root "${ROOT:-/}" "$@" >> "$CHANGES"
     cat "$CHANGES"
 }
 
