@@ -87,8 +87,10 @@ def membership_events(previous: dict, current: dict, skipped: dict[str, str], no
             events.append([now, "undrain" if old == "draining" else "back", name, address])
         elif new == "skipped":
             events.append([now, "skip", name, skipped.get(name, "")])
-        elif new in ("failed", "left", "leaving"):
-            events.append([now, "failed" if new == "failed" else "leave", name, ""])
+        elif new == "failed":
+            events.append([now, "failed", name, ""])
+        elif new in ("left", "leaving") and old not in ("left", "leaving"):
+            events.append([now, "leave", name, ""])
         elif new is None and old in IN_POOL:
             events.append([now, "gone", name, "vanished from Serf's member list"])
     return events

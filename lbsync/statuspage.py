@@ -34,6 +34,7 @@ log = logging.getLogger("lbsync")
 
 Inputs = Callable[[], tuple[Settings, list[dict], dict]]  # settings, Serf records, daemon.json's content
 HOUR = 3600.0
+REFRESH = 5  # seconds between the page's own reloads (no script: a meta refresh)
 PLOT_W, PLOT_H, PAD_L, PAD_B, PAD_T = 640, 170, 34, 22, 10
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
@@ -100,7 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(421, "text/plain", b"unexpected Host header\n")
             path = self.path.split("?", 1)[0]
             if path == "/":
-                return self._send(200, "text/html; charset=utf-8", page(settings, records, daemon).encode())
+                refresh = 0 if "refresh=0" in self.path else REFRESH
+                return self._send(200, "text/html; charset=utf-8",
+                                  page(settings, records, daemon, refresh=refresh).encode())
             if path == "/metrics":
                 return self._metrics(settings, daemon)
             if path == "/status.json":
@@ -150,12 +153,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- the page -----------------------------------------------------------------------------------
 
-def page(settings: Settings, records: list[dict], daemon: dict, now: float | None = None) -> str:
-    """The HTML: the status model through templates/status.html.j2 (autoescaped)."""
+def page(settings: Settings, records: list[dict], daemon: dict, now: float | None = None,
+         refresh: int = REFRESH) -> str:
+    """The HTML: the status model through templates/status.html.j2 (autoescaped); it reloads
+    itself every `refresh` seconds (0: never; `/?refresh=0`)."""
     now = time.time() if now is None else now
     data = status.model(settings, records, now=now, daemon=daemon)
     return _environment().get_template("status.html.j2").render(
-        data=data, now=now, ago=lambda t: status.ago(t, now), plot=plot(daemon or {}, now),
+        data=data, now=now, ago=lambda t: status.ago(t, now), plot=plot(daemon or {}, now), refresh=refresh,
         events=list(reversed(data["events"][-40:])))
 
 

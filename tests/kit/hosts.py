@@ -46,10 +46,10 @@ From a script (lab/ can do the same)::
     # everything is gone here
 
 Provisioning: the image has every apt package provision/*.sh asks for, and the hosts have no route
-out, so pip needs a wheelhouse: `pip wheel -w WHEELS . setuptools` on the machine, then
-`host.copy_in(WHEELS, "/opt/wheels")` and `host.run([...provision...], env={"PIP_NO_INDEX": "1",
-"PIP_FIND_LINKS": "/opt/wheels"})`. serf, nginx and keepalived are installed but disabled: a host
-runs none of them until a test or a provision script starts them.
+out, so pip needs a wheelhouse. kit.lbhosts builds one (`wheelhouse()`, cached per source digest),
+copies it in with the secrets and provision/, and runs provision/lb.sh and web.sh with `--wheels`
+(`Lab`). serf, nginx and keepalived are installed but disabled: a host runs none of them until a
+test or a provision script starts them.
 
 From pytest: a fixture `with Hosts() as hosts: yield hosts`. Leftovers of a run can be listed with
 `leftovers(run_id)`; `sweep_stale()` removes those of dead runs; `rm -rf .cache/hosts` drops the

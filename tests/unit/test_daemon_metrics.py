@@ -171,3 +171,9 @@ def test_the_view_notes_health_flips_and_serf_outages_as_events():
     assert [e[1:3] for e in view.events] == [["serf", ""], ["health", "web1"], ["serf", ""]]
     assert view.events[1][3] == "down: HTTP 500" and view.health_since["web1"] == 12.0
     assert view.events[2][3].startswith("lost: serf agent")
+
+
+def test_leaving_then_left_is_one_leave_event():
+    steps = [{"web1": {"state": "serving"}}, {"web1": {"state": "leaving"}}, {"web1": {"state": "left"}}]
+    events = [e for a, b in zip(steps, steps[1:]) for e in record.membership_events(a, b, {}, 1.0)]
+    assert [(e[1], e[2]) for e in events] == [("leave", "web1")]

@@ -70,7 +70,7 @@ def test_the_server_serves_page_metrics_and_json_and_refuses_rebinding(settings)
 
     def inputs():
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 5:
             raise RuntimeError("a bug in one request")
         return settings, [decoded(record("web1", "127.0.0.11", port="8080"))], daemon_view(now)
 
@@ -79,12 +79,13 @@ def test_the_server_serves_page_metrics_and_json_and_refuses_rebinding(settings)
     try:
         code, headers, body = get(port, "/")
         assert code == 200 and "web1" in body and headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert 'http-equiv="refresh"' in body and 'http-equiv="refresh"' not in get(port, "/?refresh=0")[2]
         code, headers, body = get(port, "/metrics", Accept="application/openmetrics-text; version=1.0.0")
         assert code == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
         assert any(f.name == "lbsync_serf_connected" for f in parse_openmetrics(body))
         code, _, body = get(port, "/status.json")
         assert code == 200 and '"schema": 1' in body
-        assert get(port, "/")[0] == 500  # the 4th call fails: that request only
+        assert get(port, "/")[0] == 500  # the 5th call fails: that request only
         assert get(port, "/metrics")[0] == 200
         assert get(port, "/", Host="evil.example:1234")[0] == 421
         assert get(port, "/", Host="localhost:1234")[0] == 200
