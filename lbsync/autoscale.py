@@ -38,11 +38,26 @@ def name_of(policy: AutoscaleSettings, index: int) -> str:
 
 @dataclass(frozen=True)
 class Node:
-    """A node the autoscaler is launching (warming) or removing, and since when."""
+    """A node the autoscaler is launching (warming) or removing, and since when.
+
+    A removal records the `step` it has reached (drain, destroy, forget) before taking it, so an
+    autoscaler that restarts after a crash finishes what it began (see `scaler.Scaler.resume`).
+    """
 
     name: str
     index: int | None
     since: float
+    step: str = ""
+
+    def to_json(self) -> dict:
+        data: dict = {"name": self.name, "index": self.index, "since": round(self.since, 3)}
+        return data | ({"step": self.step} if self.step else {})
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Node:
+        index = data.get("index")
+        return cls(str(data["name"]), None if index is None else int(index), float(data["since"]),
+                   str(data.get("step", "")))
 
 
 @dataclass(frozen=True)
@@ -52,28 +67,46 @@ class ScaleState:
     last_out: float | None = None  # end of the last scale-out attempt, failed or not
     last_in: float | None = None
     warming: tuple[Node, ...] = ()  # launched; counted in size, load ignored until warm
-    removing: tuple[Node, ...] = ()  # being drained/destroyed; neither size nor load
+    removing: tuple[Node, ...] = ()  # being drained/destroyed; neither size nor load; until finished
 
     def to_json(self) -> dict:
-        nodes = lambda group: [vars(node) for node in group]
-        return {"last_out": self.last_out, "last_in": self.last_in,
+        nodes = lambda group: [node.to_json() for node in group]
+        opt = lambda t: None if t is None else round(t, 3)
+        return {"last_out": opt(self.last_out), "last_in": opt(self.last_in),
                 "warming": nodes(self.warming), "removing": nodes(self.removing)}
 
     @classmethod
     def from_json(cls, data: Mapping) -> ScaleState:
         """Raises ValueError (or TypeError/KeyError) on a state file that is not ours."""
-        nodes = lambda key: tuple(Node(str(n["name"]), n["index"], float(n["since"]))
-                                  for n in data.get(key, ()))
+        nodes = lambda key: tuple(Node.from_json(n) for n in data.get(key, ()))
         opt = lambda key: None if data.get(key) is None else float(data[key])
         return cls(opt("last_out"), opt("last_in"), nodes("warming"), nodes("removing"))
+
+    def overlay(self, other: ScaleState) -> ScaleState:
+        """This state with `other`'s later attempts and extra warming nodes on top: a dry run's
+        own simulated actions over the live autoscaler's persisted state, which it never writes."""
+        later = lambda a, b: b if a is None else a if b is None else max(a, b)
+        known = {node.name for node in self.warming + self.removing}
+        return replace(self, last_out=later(self.last_out, other.last_out),
+                       last_in=later(self.last_in, other.last_in),
+                       warming=self.warming + tuple(n for n in other.warming if n.name not in known))
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One gathering: every alive web node -> its normalised load, None if it did not answer."""
+    """One gathering: every alive web node -> its normalised load, None if it did not answer.
+
+    With a provider that lists its instances: `pending` names our instances that are not alive in
+    Serf (booting, or never joined): they count in size, so a crash between launch and join never
+    launches twice; `owned` names every instance of ours: only those may be scaled in (a Serf
+    member with no instance is never destroyed by us). None: the provider cannot tell (commands
+    without list_command), and `name_template` alone decides.
+    """
 
     time: float
     loads: Mapping[str, float | None] = field(default_factory=dict)
+    pending: frozenset[str] = frozenset()
+    owned: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -172,11 +205,21 @@ def finish(state: ScaleState, decision: Decision, done: list[str], now: float) -
     return state
 
 
+def at_step(state: ScaleState, name: str, step: str) -> ScaleState:
+    """`state` with the removal of `name` recorded at `step` (persisted before the step runs)."""
+    return replace(state, removing=tuple(replace(n, step=step) if n.name == name else n for n in state.removing))
+
+
+def done_removing(state: ScaleState, name: str, now: float) -> ScaleState:
+    """The removal of `name` is over (finished or given up); the scale-in cooldown counts from now."""
+    return replace(state, last_in=now, removing=tuple(n for n in state.removing if n.name != name))
+
+
 def _out(state: ScaleState, latest: Sample, policy: AutoscaleSettings, size: int, load: float | None, count: int,
          reason: str) -> Decision | None:
     if _cooling(state, latest.time, policy, OUT):
         return None
-    taken = {index_of(policy, name) for name in latest.loads}
+    taken = {index_of(policy, name) for name in set(latest.loads) | latest.pending}
     taken |= {node.index for node in state.warming + state.removing}
     indexes = _free_indexes(taken, count)
     nodes = tuple(Node(name_of(policy, i), i, latest.time) for i in indexes)
@@ -205,7 +248,8 @@ def _removable(state: ScaleState, latest: Sample, policy: AutoscaleSettings) -> 
     """Newest first: the highest index among nodes named by `name_template`."""
     busy = {node.name for node in state.warming + state.removing}
     nodes = [Node(name, index, latest.time) for name in latest.loads
-             if name not in busy and (index := index_of(policy, name)) is not None]
+             if name not in busy and (latest.owned is None or name in latest.owned)
+             and (index := index_of(policy, name)) is not None]
     return sorted(nodes, key=lambda node: node.index or 0, reverse=True)
 
 
@@ -222,18 +266,17 @@ def _cooling(state: ScaleState, now: float, policy: AutoscaleSettings, action: s
 
 
 def _prune(state: ScaleState, latest: Sample, policy: AutoscaleSettings) -> ScaleState:
-    """A warming node is warm once `warmup` passed and it is alive (given up if it is not);
-    a removing node is done once it has left. A removal still recorded a cooldown after it
-    began was interrupted (the autoscaler died mid-command): the node counts again."""
+    """A warming node is warm once `warmup` passed and it is alive (given up if it is not; a
+    provider's instance still counts while the provider reports it: `Sample.pending`).
+    A removing node stays until the scaler has finished its removal, force-leave included:
+    one left behind by a crash is finished by the next autoscaler (`scaler.Scaler.resume`)."""
     warming = tuple(n for n in state.warming if latest.time < n.since + policy.warmup)
-    removing = tuple(n for n in state.removing
-                     if n.name in latest.loads and latest.time < n.since + policy.cooldown_in)
-    return replace(state, warming=warming, removing=removing)
+    return replace(state, warming=warming)
 
 
 def _size(state: ScaleState, latest: Sample) -> int:
     leaving = {node.name for node in state.removing}
-    return len((set(latest.loads) | {node.name for node in state.warming}) - leaving)
+    return len((set(latest.loads) | latest.pending | {node.name for node in state.warming}) - leaving)
 
 
 def _streak(window: list[float | None], holds) -> int:

@@ -138,12 +138,16 @@ class DaemonSettings(Checked):
 
 @dataclass(frozen=True)
 class AutoscaleSettings(Checked):
-    """`lbsync autoscale`: the scaling policy and the operator's commands.
+    """`lbsync autoscale`: the scaling policy and where nodes come from (the provider).
 
-    Commands are split like a shell would (no shell runs) and get {index} and {name} replaced.
-    Scale-in order: drain_command (drain, then leave; optional) -> wait until the node is no
-    longer alive -> scale_in_command (destroy) -> Serf force-leave -prune so the name is reusable.
-    Without a drain_command, scale_in_command must drain and leave itself (lab/stop_web.sh does).
+    provider "command" runs the operator's commands, split like a shell would (no shell runs),
+    with {index} and {name} replaced. The clouds ("ec2", "cloudstack", "openstack") launch
+    instances whose cloud-init user data makes them join by themselves; their secrets come from
+    the environment or the cloud's own files, never from here. Scale-in order, for every
+    provider: drain (drain_command, or for a cloud the Serf query `drain_query`) -> wait until the
+    node is no longer alive -> destroy (scale_in_command / the cloud's API) -> Serf force-leave
+    -prune so the name is reusable. Without a drain_command the command provider's
+    scale_in_command must drain and leave itself (lab/stop_web.sh does).
     """
 
     min_size: int = spec(1, integer(0, 1000))
@@ -157,12 +161,36 @@ class AutoscaleSettings(Checked):
     step: int = spec(1, integer(1, 1000))
     interval: float = spec(10.0, number(0, DAY, low_open=True))
     query_timeout: float = spec(2.0, number(0, 300, low_open=True))
-    command_timeout: float = spec(120.0, number(0, DAY, low_open=True))
+    command_timeout: float = spec(120.0, number(0, DAY, low_open=True))  # also bounds the wait after a drain
     name_template: str = spec("web{index}", name_template)  # Serf node name of the node with index N
+    provider: str = spec("command", choice("command", "ec2", "cloudstack", "openstack"))
     scale_out_command: str = spec("", command)  # e.g. "lab/boot_web.sh {index}"
     drain_command: str = spec("", command)
     scale_in_command: str = spec("", command)  # e.g. "lab/stop_web.sh {index}"
+    list_command: str = spec("", command)  # optional: prints the command provider's nodes, "NAME [ID]" a line
     dry_run: bool = spec(False, rules.boolean)
+    # -- instances and how they join (every provider that lists) --
+    cluster_id: str = spec("", optional(rules.identifier))  # tag lbsync-cluster: which instances are ours
+    boot_timeout: float = spec(900.0, number(0, DAY, low_open=True))  # launched, not in Serf after this: reported
+    destroy_unjoined: bool = spec(False, rules.boolean)  # ... and destroyed
+    drain_query: str = spec("lbsync-drain", rules.identifier)  # what a cloud node's serf drains on
+    join: tuple[str, ...] = spec((), listed(host_with_port))  # the LB's Serf address as new nodes reach it
+    node_port: int = spec(80, integer(*rules.PORT))  # port tag of new nodes (their web server)
+    install_source: str = spec("lbsync", text)  # pip requirement or wheel URL the user data installs
+    user_data_template: str = spec("", text)  # default: the package's cloud-init.yaml.j2
+    secrets_dir: str = spec("/etc/lbsync/secrets", text)  # serf.key and rpc.token, copied to new nodes
+    # -- the cloud (secrets: EC2_*/AWS_* or ~/.aws, CLOUDSTACK_KEY/SECRET, clouds.yaml) --
+    endpoint_url: str = spec("", text)  # http(s) URL: EC2-compatible/Eucalyptus or CloudStack API
+    region: str = spec("", text)  # ec2 region (default AWS_DEFAULT_REGION or us-east-1); openstack region
+    cloud: str = spec("", text)  # openstack: the clouds.yaml entry
+    image: str = spec("", text)  # AMI/EMI id, CloudStack template id, OpenStack image id
+    size: str = spec("", text)  # EC2 instance type, CloudStack service offering id, OpenStack flavor id
+    zone: str = spec("", text)  # EC2 availability zone (optional), CloudStack zone id (required)
+    network: str = spec("", text)  # EC2 subnet id, CloudStack network id, OpenStack network id
+    key_name: str = spec("", text)  # SSH key pair name
+    security_groups: tuple[str, ...] = spec((), listed(text))  # EC2: ids with a subnet, else names
+    api_timeout: float = spec(30.0, number(0, 600, low_open=True))  # one API request
+    api_retries: int = spec(4, integer(0, 20))  # further tries of a failed call, with backoff
 
     TABLE = "autoscale"
     RELATIONS = (
@@ -170,6 +198,10 @@ class AutoscaleSettings(Checked):
         ("scale_in_threshold", "scale_out_threshold",
          lambda s: s.scale_in_threshold < s.scale_out_threshold, "must leave a band (hysteresis) below"),
         ("step", "max_size", lambda s: s.step <= s.max_size, "must not exceed"),
+        *((key, "provider", lambda s, key=key: s.provider == "command" or bool(getattr(s, key)),
+           "must be set for") for key in ("cluster_id", "join", "image", "size")),
+        ("zone", "provider", lambda s: s.provider != "cloudstack" or bool(s.zone), "must be set for"),
+        ("cloud", "provider", lambda s: s.provider != "openstack" or bool(s.cloud), "must be set for"),
     )
 
 

@@ -1,12 +1,15 @@
 """`lbsync autoscale`: the loop around `autoscale.decide` and all of its I/O.
 
 Every `interval`: one Serf RPC connection lists the alive web nodes and asks them all the `load`
-query at once (nodes that do not answer are logged and simply carry no load); the sample joins a
-short history; then, under an flock in state_dir, the state is re-read from
-state_dir/autoscale.json, `decide` runs, and its action runs. The state is written atomically
-before a command starts (cooldown and the launched node recorded) and again after it ends, so
-neither a restart nor a second autoscaler on the same state_dir can double-fire. The commands
-themselves run through `lbsync.commands`.
+query at once; the provider lists our instances (when it can), so instances that have not joined
+yet count; then, under an flock in state_dir, the state is re-read from state_dir/autoscale.json,
+a removal a crashed autoscaler left half done is finished, `decide` runs, and its action runs
+through the provider (`lbsync.providers`). The state is written atomically before each step of
+an action (cooldown, the launched node, the step a removal reached) and after it, so neither a
+restart nor a second autoscaler on the same state_dir double-fires or forgets a step.
+
+A dry run reads the same state file (never writes it), lists but never launches or destroys,
+and layers its own simulated actions on top, so it says what the live autoscaler would do.
 """
 
 from __future__ import annotations
@@ -18,44 +21,68 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from . import autoscale
 from . import state as state_files
 from .autoscale import IN, OUT, Decision, Node, Sample, ScaleState
-from .commands import command_env, expand, one_line, run_command
 from .config import AutoscaleSettings, Settings
 from .errors import ConfigError, LockError, SourceError
 from .files import locked
 from .members import select
+from .providers import Instance, Provider, ProviderError, open_provider
+from .providers.base import with_retries
 from .rules import DECIMAL_RE, printable
+from .sdnotify import notify
 from .serf import connect
 
 log = logging.getLogger("lbsync")
 
 MAX_LOAD = 64.0  # load per CPU: above this an answer is broken or hostile, not a busy node
 GONE_POLL = 0.5  # how often to look whether a drained node has left
+LOG_FORMAT = "%(asctime)s.%(msecs)03d lbsync: %(levelname)s: %(message)s"
 
 
 def run_autoscaler(settings: Settings, args: object) -> int:
     conf = settings.autoscale
-    if not conf.dry_run and not (shlex.split(conf.scale_out_command) and shlex.split(conf.scale_in_command)):
+    if conf.provider == "command" and not conf.dry_run and \
+            not (shlex.split(conf.scale_out_command) and shlex.split(conf.scale_in_command)):
         raise ConfigError("autoscale needs autoscale.scale_out_command and autoscale.scale_in_command "
-                          "(or --dry-run)")
+                          "(or another autoscale.provider, or --dry-run)")
+    timestamped_logs()
+    provider = open_provider(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    Scaler(settings).run(stop)
+    Scaler(settings, provider).run(stop)
     return 0
 
 
-class Scaler:
-    """One autoscaler: its sample history and (in dry-run) its in-memory state."""
+def timestamped_logs(environ: dict | os._Environ = os.environ) -> None:
+    """A long-running autoscaler's log is read later (a file under the lab, cron's mail): every
+    line carries its time. Under systemd the journal stamps lines itself; syslog does too."""
+    if "JOURNAL_STREAM" in environ:
+        return
+    from logging.handlers import SysLogHandler
 
-    def __init__(self, settings: Settings):
-        self.settings, self.conf = settings, settings.autoscale
+    for handler in logging.getLogger("lbsync").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, SysLogHandler):
+            handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+
+
+class Scaler:
+    """One autoscaler: its sample history, its provider and (in dry-run) its simulated actions."""
+
+    def __init__(self, settings: Settings, provider: Provider, sleep: Callable[[float], None] = time.sleep):
+        self.settings, self.conf, self.provider, self.sleep = settings, settings.autoscale, provider, sleep
         self.history: deque[Sample] = deque(maxlen=self.conf.sustain)
         self.state_path = state_files.path(settings.state_dir, state_files.AUTOSCALE)
-        self.dry_state = ScaleState()
+        self.dry_state = ScaleState()  # a dry run's own simulated actions, never written
+        self.inventory: list[Instance] | None = None
+        self.first_seen: dict[str, float] = {}
+        self.error = ""  # the last failure of this tick, for the state file
+        self.started = _process_start()
 
     def run(self, stop: threading.Event) -> None:
         """Tick every `interval` (start to start) until `stop` is set; an action always finishes."""
@@ -63,23 +90,37 @@ class Scaler:
             Path(self.settings.state_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"state_dir {self.settings.state_dir}: {exc.strerror or exc}") from None
-        mode = "dry run, no command will run" if self.conf.dry_run else "acting"
-        log.info("autoscale: %s; sizes %d..%d, out > %.2f, in < %.2f, sustain %d x %g s",
-                 mode, self.conf.min_size, self.conf.max_size, self.conf.scale_out_threshold,
+        mode = "dry run, nothing will be launched or destroyed" if self.conf.dry_run else "acting"
+        log.info("autoscale: %s through provider %s; sizes %d..%d, out > %.2f, in < %.2f, sustain %d x %g s",
+                 mode, self.provider.kind, self.conf.min_size, self.conf.max_size, self.conf.scale_out_threshold,
                  self.conf.scale_in_threshold, self.conf.sustain, self.conf.interval)
+        ready = False
         while not stop.is_set():
             started = time.monotonic()
             self.tick()
+            if not ready:
+                notify("READY=1")
+                ready = True
             stop.wait(max(0.0, self.conf.interval - (time.monotonic() - started)))
+        notify("STOPPING=1")
+        self.beat(stopped=True)
         log.info("autoscale: stopped")
 
     def tick(self) -> None:
+        self.error = ""
         try:
             sample = self.sample()
-        except SourceError as exc:
-            log.warning("autoscale: no sample this time: %s", exc)
+            self.inventory = self.list_instances()
+        except (SourceError, ProviderError) as exc:
+            self.error = str(exc)
+            log.warning("autoscale: no decision this time: %s", exc)
+            self.beat()
             return
+        sample = self.with_inventory(sample)
         self.history.append(sample)
+        if self.conf.dry_run:  # reads the state file without the lock: it is replaced atomically
+            self.decide_and_act(sample)
+            return
         try:
             with locked(str(self.state_path.with_suffix(".lock")), timeout=1.0):
                 self.decide_and_act(sample)
@@ -87,33 +128,45 @@ class Scaler:
             log.info("autoscale: %s; deciding next time", exc)
 
     def decide_and_act(self, sample: Sample) -> None:
-        state = self.dry_state if self.conf.dry_run else self.load_state()
+        if self.conf.dry_run:
+            state = self.load_state().overlay(self.dry_state)
+        else:
+            state = self.resume(self.load_state(), sample)
+            self.reap_unjoined(sample, state)
         decision = autoscale.decide(state, list(self.history), self.conf)
         log.info("sample: %s", describe_sample(sample, decision.state))
         log.info("decision: %s", describe_decision(decision, self.conf))
+        notify(f"STATUS={decision.action}: {decision.reason}"[:200])
         state = decision.state
         if decision.action in (OUT, IN):
             state = self.act(decision, state)
             self.history.clear()  # the next decision must be sustained by what the fleet is now
         if self.conf.dry_run:
-            self.dry_state = state
+            self.dry_state = replace(state, removing=())
         else:
             self.save(state, decision, sample)
 
     def act(self, decision: Decision, state: ScaleState) -> ScaleState:
-        state = autoscale.begin(state, decision, time.time())
+        now = time.time()
+        state = autoscale.begin(state, decision, now)
         if self.conf.dry_run:
             names = ", ".join(node.name for node in decision.nodes)
-            log.info("dry run: would %s %s; nothing run", decision.action, names)
-            return state
+            log.info("dry run: would %s %s; nothing launched or destroyed", decision.action, names)
+            done = [node.name for node in decision.nodes]
+            return autoscale.finish(state, decision, done, now)
         self.save(state, decision, None)
-        step = self.boot if decision.action == OUT else self.remove
-        done = []
+        if decision.action == OUT:
+            done = []
+            for node in decision.nodes:
+                if not self.launch(node):
+                    break
+                done.append(node.name)
+            return autoscale.finish(state, decision, done, time.time())
         for node in decision.nodes:
-            if not step(node):
+            state, ok = self.remove(node, state, decision)
+            if not ok:
                 break
-            done.append(node.name)
-        return autoscale.finish(state, decision, done, time.time())
+        return state
 
     # -- sampling -----------------------------------------------------------------------------
 
@@ -130,6 +183,20 @@ class Scaler:
         return Sample(time.time(), {m.name: self.load_of(m.name, answers.get(m.name))
                                     for m in selection.backends if not m.draining})
 
+    def list_instances(self) -> list[Instance] | None:
+        """Our instances as the provider reports them (None: it cannot list), with retries."""
+        return with_retries("listing instances", self.provider.instances, self.conf.api_retries, self.sleep)
+
+    def with_inventory(self, sample: Sample) -> Sample:
+        """The sample with the provider's view: instances not alive in Serf count (pending);
+        only instances of ours may be scaled in (owned)."""
+        if self.inventory is None:
+            return sample
+        names = {inst.name for inst in self.inventory}
+        for name in names:
+            self.first_seen.setdefault(name, sample.time)
+        return replace(sample, pending=frozenset(names - set(sample.loads)), owned=frozenset(names))
+
     @staticmethod
     def load_of(name: str, raw: bytes | None) -> float | None:
         """One node's answer, or None with a warning naming the node when it is not a load."""
@@ -139,51 +206,113 @@ class Scaler:
             log.warning("autoscale: ignoring the load answer of %s: %s", name, exc)
             return None
 
-    # -- actions ------------------------------------------------------------------------------
+    # -- scale-out ----------------------------------------------------------------------------
 
-    def boot(self, node: Node) -> bool:
-        return self.command("scale-out", self.conf.scale_out_command, node)
-
-    def remove(self, node: Node) -> bool:
-        """drain (-> leave) -> wait until not alive -> destroy -> force-leave -prune."""
-        if self.conf.drain_command:
-            if not self.command("drain", self.conf.drain_command, node):
-                return False
-            if not self.wait_gone(node.name):
-                log.error("autoscale: %s is still alive %g s after its drain; not destroying it",
-                          node.name, self.conf.command_timeout)
-                return False
-        if not self.command("scale-in", self.conf.scale_in_command, node):
+    def launch(self, node: Node) -> bool:
+        started = time.monotonic()
+        try:
+            instance = with_retries(f"launching {node.name}", lambda: self.provider.launch(node),
+                                    self.conf.api_retries, self.sleep)
+        except ProviderError as exc:
+            self.error = f"scale-out {node.name}: {exc}"
+            log.error("autoscale: scale-out %s failed: %s; next try after the cooldown", node.name, exc)
             return False
-        self.forget(node.name)
+        log.info("autoscale: scale-out %s: ok in %.1f s (%s%s)", node.name, time.monotonic() - started,
+                 self.provider.kind, f" instance {instance.id}" if instance.id else "")
         return True
 
-    def command(self, what: str, template: str, node: Node) -> bool:
-        """Run one operator command; log its outcome (with its output when it fails)."""
-        argv = expand(template, node)
-        env = command_env(os.environ, node)
-        started = time.monotonic()
-        code, output = run_command(argv, env, self.conf.command_timeout)
-        took = time.monotonic() - started
-        if code == 0:
-            log.info("autoscale: %s %s: ok in %.1f s (%s)", what, node.name, took, shlex.join(argv))
+    # -- scale-in -----------------------------------------------------------------------------
+
+    def remove(self, node: Node, state: ScaleState, decision: Decision | None = None) -> tuple[ScaleState, bool]:
+        """drain -> wait until not alive -> destroy -> force-leave -prune, each step recorded in
+        the state file before it is taken. Returns the state and whether the node is gone.
+        A node still alive after its drain is not destroyed: its removal is given up (it counts
+        again). A failed destroy stays recorded and is retried next time (`resume`)."""
+        state = self.step(state, node, "drain", decision)
+        if not self.drain(node):
+            return self.give_up(state, node, decision), False
+        return self.destroy_and_forget(state, node, decision)
+
+    def destroy_and_forget(self, state: ScaleState, node: Node,
+                           decision: Decision | None) -> tuple[ScaleState, bool]:
+        state = self.step(state, node, "destroy", decision)
+        instance = self.instance_named(node.name)
+        try:
+            started = time.monotonic()
+            with_retries(f"destroying {node.name}", lambda: self.provider.destroy(instance),
+                         self.conf.api_retries, self.sleep)
+            log.info("autoscale: scale-in %s: destroyed in %.1f s (%s%s)", node.name, time.monotonic() - started,
+                     self.provider.kind, f" instance {instance.id}" if instance.id else "")
+        except ProviderError as exc:
+            self.error = f"scale-in {node.name}: {exc}"
+            log.error("autoscale: scale-in %s failed: %s; the destroy is tried again next time", node.name, exc)
+            return state, False
+        state = self.step(state, node, "forget", decision)
+        self.forget(node.name)
+        state = autoscale.done_removing(state, node.name, time.time())
+        self.save(state, decision, None)
+        return state, True
+
+    def give_up(self, state: ScaleState, node: Node, decision: Decision | None) -> ScaleState:
+        state = autoscale.done_removing(state, node.name, time.time())
+        self.save(state, decision, None)
+        return state
+
+    def step(self, state: ScaleState, node: Node, step: str, decision: Decision | None) -> ScaleState:
+        state = autoscale.at_step(state, node.name, step)
+        self.save(state, decision, None)
+        return state
+
+    def drain(self, node: Node) -> bool:
+        """Ask the node to drain and leave, then wait until Serf no longer reports it alive.
+        Without a drain_command or a provider that drains by query, the destroy drains (the
+        command provider's scale_in_command, e.g. lab/stop_web.sh, drains and leaves itself)."""
+        if self.conf.drain_command:
+            from .providers.command import CommandProvider
+
+            try:
+                CommandProvider(self.conf).run_for(self.conf.drain_command, node)
+            except ProviderError as exc:
+                self.error = f"drain {node.name}: {exc}"
+                log.error("autoscale: drain %s failed: %s; next try after the cooldown", node.name, exc)
+                return False
+        elif self.provider.drains_by_query:
+            self.ask_to_drain(node.name)
+        else:
             return True
-        why = "timed out" if code is None else f"exited {code}"
-        log.error("autoscale: %s %s failed: %s %s after %.1f s; output: %s; next try after the cooldown",
-                  what, node.name, shlex.join(argv), why, took, one_line(output) or "(none)")
-        return False
+        if not self.wait_gone(node.name):
+            self.error = f"{node.name} still alive after its drain"
+            log.error("autoscale: %s is still alive %g s after its drain; not destroying it",
+                      node.name, self.conf.command_timeout)
+            return False
+        return True
+
+    def ask_to_drain(self, name: str) -> None:
+        try:
+            with connect(self.settings) as client:
+                answers = client.query(self.conf.drain_query, timeout=self.conf.query_timeout, filter_nodes=[name])
+        except SourceError as exc:
+            log.warning("autoscale: drain query to %s: %s", name, exc)
+            return
+        if name in answers:
+            log.info("autoscale: %s drains: %s", name, printable(answers[name].decode(errors="replace").strip(), 80))
+        else:
+            log.warning("autoscale: %s did not answer the drain query %r; waiting for it to leave anyway",
+                        name, self.conf.drain_query)
 
     def wait_gone(self, name: str) -> bool:
-        """Poll (bounded by command_timeout) until Serf no longer reports `name` alive."""
+        """Poll one connection (bounded by command_timeout) until Serf no longer reports `name` alive."""
         deadline = time.monotonic() + self.conf.command_timeout
         while time.monotonic() < deadline:
             try:
                 with connect(self.settings) as client:
-                    if not client.members_filtered(name=_anchored(name), status="alive"):
-                        return True
+                    while time.monotonic() < deadline:
+                        if not client.members_filtered(name=_anchored(name), status="alive"):
+                            return True
+                        time.sleep(GONE_POLL)
             except SourceError as exc:
                 log.warning("autoscale: waiting for %s to leave: %s", name, exc)
-            time.sleep(GONE_POLL)
+                time.sleep(GONE_POLL)
         return False
 
     def forget(self, name: str) -> None:
@@ -191,8 +320,64 @@ class Scaler:
         try:
             with connect(self.settings) as client:
                 client.force_leave(name, prune=True)
+            log.info("autoscale: %s forgotten (force-leave -prune)", name)
         except SourceError as exc:
             log.warning("autoscale: force-leave %s: %s (Serf reaps it later)", name, exc)
+
+    def instance_named(self, name: str) -> Instance:
+        for instance in self.inventory or ():
+            if instance.name == name:
+                return instance
+        return Instance(name)
+
+    # -- what a crash left behind, instances that never joined --------------------------------
+
+    def resume(self, state: ScaleState, sample: Sample) -> ScaleState:
+        """Finish the removals a previous autoscaler began and did not end (it died, or its
+        destroy failed): we hold the lock, so nobody else is working on them. A node still alive
+        gets the bounded wait for its drain; if it stays, its removal is given up."""
+        for node in state.removing:
+            log.warning("autoscale: finishing the removal of %s, interrupted at step %s",
+                        node.name, node.step or "drain")
+            gone = self.wait_gone(node.name)  # a drain (or a destroy that drains) may still be under way
+            if node.step in ("", "drain") and not gone:
+                log.error("autoscale: %s is still alive; giving its removal up (it counts again)", node.name)
+                state = self.give_up(state, node, None)
+                continue
+            if node.step == "forget":
+                self.forget(node.name)
+                state = autoscale.done_removing(state, node.name, time.time())
+                self.save(state, None, None)
+                continue
+            state, _ = self.destroy_and_forget(state, node, None)
+        return state
+
+    def reap_unjoined(self, sample: Sample, state: ScaleState) -> None:
+        """Report (and with destroy_unjoined destroy) instances of ours not in the cluster
+        `boot_timeout` after they were made: a broken image or user data must not cost forever.
+        They still count in size meanwhile, so the autoscaler never launches around them."""
+        removing = {node.name for node in state.removing}
+        for instance in self.inventory or ():
+            if instance.name in sample.loads or instance.name in removing:
+                continue
+            age = sample.time - (instance.created or self.first_seen.get(instance.name, sample.time))
+            if age < self.conf.boot_timeout:
+                continue
+            what = f"instance {instance.id or '?'} ({instance.name}, {instance.state or 'state unknown'})"
+            if not self.conf.destroy_unjoined:
+                log.warning("autoscale: %s is not in the cluster %.0f s after launch (boot_timeout %g s); "
+                            "it still counts; destroy it, or set autoscale.destroy_unjoined", what, age,
+                            self.conf.boot_timeout)
+                continue
+            log.warning("autoscale: %s is not in the cluster %.0f s after launch: destroying it", what, age)
+            try:
+                with_retries(f"destroying {instance.name}", lambda: self.provider.destroy(instance),
+                             self.conf.api_retries, self.sleep)
+            except ProviderError as exc:
+                self.error = f"destroy unjoined {instance.name}: {exc}"
+                log.error("autoscale: destroying %s failed: %s", what, exc)
+                continue
+            self.forget(instance.name)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -206,13 +391,42 @@ class Scaler:
             log.warning("autoscale: ignoring unreadable %s (%s); starting afresh", self.state_path, exc)
             return ScaleState()
 
-    def save(self, state: ScaleState, decision: Decision, sample: Sample | None) -> None:
-        """Atomically; `lbsync status` prints this file."""
-        data = {"state": state.to_json(), "updated": time.time(),
-                "decision": {"action": decision.action, "reason": decision.reason,
-                             "size": decision.size, "fleet_load": decision.fleet_load}}
+    def save(self, state: ScaleState, decision: Decision | None, sample: Sample | None) -> None:
+        """Atomically, under the lock; never in a dry run. `lbsync status` reads this file."""
+        if self.conf.dry_run:
+            return
+        old = state_files.read(self.settings.state_dir, state_files.AUTOSCALE) or {}
+        data = {**old, **self.liveness(), "state": state.to_json()}
+        if decision is not None:
+            load = decision.fleet_load
+            data["decision"] = {"action": decision.action, "reason": decision.reason, "size": decision.size,
+                                "fleet_load": None if load is None else round(load, 3), "time": _t(time.time())}
         if sample is not None:
-            data["loads"] = dict(sample.loads)
+            data["loads"] = {name: None if load is None else round(load, 3) for name, load in sample.loads.items()}
+            data["instances"] = None if self.inventory is None else [
+                {"name": i.name, "id": i.id, "state": i.state, "joined": i.name in sample.loads}
+                for i in self.inventory]
+        self.write(data)
+
+    def beat(self, stopped: bool = False) -> None:
+        """A tick without a decision still says this autoscaler is alive, and why it did not
+        decide; a clean stop says so (`stopped`), so status tells it from a crash."""
+        if self.conf.dry_run:
+            return
+        try:
+            with locked(str(self.state_path.with_suffix(".lock")), timeout=1.0):
+                old = state_files.read(self.settings.state_dir, state_files.AUTOSCALE) or {}
+                self.write({**old, **self.liveness(), **({"stopped": _t(time.time())} if stopped else {})})
+        except LockError:
+            pass
+
+    def liveness(self) -> dict:
+        now = time.time()
+        return {"pid": os.getpid(), "started": _t(self.started), "heartbeat": _t(now), "updated": _t(now),
+                "stopped": None, "interval": self.conf.interval, "provider": self.provider.kind,
+                "error": printable(self.error, 300) if self.error else None}
+
+    def write(self, data: dict) -> None:
         try:
             state_files.write(self.settings.state_dir, state_files.AUTOSCALE, data, durable=True)
         except OSError as exc:
@@ -241,7 +455,8 @@ def describe_sample(sample: Sample, state: ScaleState) -> str:
     marks = {node.name: "warming" for node in state.warming} | {n.name: "removing" for n in state.removing}
     parts = [f"{name}={marks.get(name) or ('no answer' if load is None else f'{load:.2f}')}"
              for name, load in sorted(sample.loads.items())]
-    parts += [f"{name}=booting" for name in sorted(marks) if name not in sample.loads and marks[name] == "warming"]
+    booting = {name for name in marks if marks[name] == "warming"} | set(sample.pending)
+    parts += [f"{name}=booting" for name in sorted(booting) if name not in sample.loads]
     shown = "none" if fleet is None else f"{fleet:.2f}"
     return f"fleet load {shown}; nodes {len(sample.loads)}: {' '.join(parts) or '-'}"
 
@@ -259,3 +474,17 @@ def describe_decision(decision: Decision, policy: AutoscaleSettings) -> str:
 def _anchored(name: str) -> str:
     """Serf filters are anchored Go regexps: escape the dots of a node name."""
     return name.replace(".", r"\.")
+
+
+def _t(value: float) -> float:
+    return round(value, 3)
+
+
+def _process_start() -> float:
+    """This process's start time (epoch), so `status` can tell our PID from a reused one."""
+    import psutil
+
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error:
+        return time.time()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -224,7 +225,10 @@ def test_dry_run_decides_and_logs_but_runs_nothing(procs, ops, tmp_path):
     env, lb = _plain_lb(procs, tmp_path / "lb", autoscale_config(ops, interval=0.3, query_timeout=0.2))
     ops.write(lb.bind_addr)
     dry = procs.start("dry-run", [sys.executable, "-m", "lbsync", "autoscale", "--dry-run"], env)
-    wait_until(lambda: "dry run: would scale-out web1; nothing run" in dry.output(), 20, "a dry-run decision")
+    wait_until(lambda: "dry run: would scale-out web1; nothing launched or destroyed" in dry.output(), 20,
+               "a dry-run decision")
     wait_until(lambda: "cooling down" in dry.output(), 20, "the simulated cooldown")
     assert ops.calls() == [] and not (tmp_path / "lb" / "state" / "autoscale.json").exists()
     assert "sample: fleet load none; nodes 0" in dry.output()
+    stamped = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} lbsync: INFO: decision: "  # every line has its time
+    assert re.search(stamped, dry.output()), dry.output()[:500]
