@@ -25,6 +25,7 @@ T = TypeVar("T")
 FATAL_CODES = ("AuthFailure", "UnauthorizedOperation", "InvalidAMIID", "InvalidParameter", "InvalidKeyPair",
                "InvalidGroup", "InvalidSubnet", "InvalidInstanceType", "Unsupported", "InstanceLimitExceeded",
                "InsufficientInstanceCapacity", "OptInRequired", "Blocked", "MissingParameter")
+GONE_STATES = ("terminated", "destroyed", "expunging", "deleted")  # listed for a while, but gone
 GONE_CODES = ("InvalidInstanceID.NotFound", "does not exist", "Unable to find", "could not be found", "404")
 
 
@@ -47,11 +48,11 @@ class LibcloudProvider:
     def launch(self, node: Node) -> Instance:
         user_data = self.userdata.render(node)
         created = self.api(f"launch {node.name}", lambda: self.create(node, user_data))
-        return self.instance(created) or Instance(node.name, created.id, str(created.state))
+        return Instance(node.name, str(created.id), str(created.state), created_time(created))
 
     def instances(self) -> list[Instance]:
         nodes = self.api("list instances", self.list_nodes)
-        return [inst for inst in map(self.instance, nodes) if inst is not None and inst.state != "terminated"]
+        return [inst for inst in map(self.instance, nodes) if inst is not None and inst.state not in GONE_STATES]
 
     def destroy(self, instance: Instance) -> None:
         if not instance.id:

@@ -12,6 +12,7 @@ leave a VM without them. The display name carries the same marker, so such a VM 
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 from ..autoscale import Node
 from ..config import Settings
 from ..errors import ConfigError
-from .base import CLUSTER_TAG, NODE_TAG, POOL_TAG
+from .base import CLUSTER_TAG, NODE_TAG, POOL_TAG, Instance
 from .cloud import LibcloudProvider, image_ref, need, node_ref, size_ref
 
 
@@ -73,17 +74,29 @@ class CloudStackProvider(LibcloudProvider):
         return created
 
     def list_nodes(self) -> list:
-        from libcloud.compute.base import NodeLocation
-
-        return self.driver.list_nodes(location=NodeLocation(self.conf.zone, self.conf.zone, "", self.driver))
+        """listVirtualMachines as CloudStack answers it: libcloud's node drops the display name
+        (our marker) and would ask for public addresses we never use."""
+        result = self.driver._sync_request("listVirtualMachines", params={"zoneid": self.conf.zone})
+        return list(result.get("virtualmachine") or [])
 
     def destroy_node(self, instance_id: str) -> None:
         self.driver.destroy_node(node_ref(instance_id, self.driver), ex_expunge=True)
 
-    def tags_of(self, node: Any) -> dict[str, str]:
-        tags = dict(node.extra.get("tags") or {})
+    def instance(self, vm: Any) -> Instance | None:
+        tags = {str(t.get("key")): str(t.get("value")) for t in vm.get("tags") or []}
         if CLUSTER_TAG not in tags:  # launched, then the autoscaler died before createTags
-            name, _, mark = str(node.extra.get("displayname") or "").partition(" ")
+            name, _, mark = str(vm.get("displayname") or "").partition(" ")
             if mark == f"lbsync:{self.conf.cluster_id}:{self.settings.role}":
                 tags = {CLUSTER_TAG: self.conf.cluster_id, POOL_TAG: self.settings.role, NODE_TAG: name}
-        return tags
+        if tags.get(CLUSTER_TAG) != self.conf.cluster_id or tags.get(POOL_TAG) != self.settings.role:
+            return None
+        if not tags.get(NODE_TAG):
+            return None
+        created = str(vm.get("created") or "")
+        when = None
+        if created:
+            try:  # 2026-01-01T00:00:00+0000
+                when = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            except ValueError:
+                pass
+        return Instance(tags[NODE_TAG], str(vm.get("id", "")), str(vm.get("state", "")).lower(), when)
