@@ -161,6 +161,7 @@ def page(settings: Settings, records: list[dict], daemon: dict, now: float | Non
     data = status.model(settings, records, now=now, daemon=daemon)
     return _environment().get_template("status.html.j2").render(
         data=data, now=now, ago=lambda t: status.ago(t, now), plot=plot(daemon or {}, now), refresh=refresh,
+        drift_text=status.drift_text,
         events=list(reversed(data["events"][-40:])))
 
 

@@ -54,6 +54,15 @@ def test_the_page_escapes_network_strings_and_draws_the_last_hour(settings):
     assert "nginx not readable" in html
 
 
+def test_drift_is_an_alert_on_the_page(settings, monkeypatch):
+    from lbsync.plan import Served
+
+    monkeypatch.setattr(statuspage.status, "choose", lambda s: type("D", (), {"served": lambda self: Served(
+        "live pool v9", (("stray<x>", "127.0.0.99:9", False),))})())
+    html = statuspage.page(settings, [], {}, time.time())
+    assert '<div class="alert" id="drift">Drift: nginx serves stray&lt;x&gt; beyond the membership;' in html
+
+
 def test_plot_steps_follow_the_pool_size():
     now = 10000.0
     plot = statuspage.plot({"points": [[now - 1800, 2, 2], [now - 900, 4, 3]], "applies": []}, now)
