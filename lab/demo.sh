@@ -7,6 +7,8 @@
 # checked render + reload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# LAB_HOSTS=1: the same tour on real Debian hosts (systemd-nspawn containers, root): lab/hosts.sh
+[ -z "${LAB_HOSTS:-}" ] || exec lab/hosts.sh demo
 . lab/env.sh
 require serf nginx
 

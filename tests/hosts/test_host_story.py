@@ -44,14 +44,6 @@ def lab():
     assert leftovers(run_id) == []
 
 
-def converged(lab: Lab, webs: list[str] = WEBS, timeout: float = 30) -> float:
-    """Wait until nginx on every LB sends new requests to exactly `webs`; seconds it took."""
-    began = time.monotonic()
-    for lb in lab.lbs:
-        wait_until(lambda: lab.in_rotation(lb) == webs, timeout, f"nginx on {lb.name} to serve {webs}")
-    return time.monotonic() - began
-
-
 def members(lab: Lab, host) -> dict[str, str]:
     """name -> status, as the host's serf agent knows them (the token from the environment)."""
     done = host.run(["serf", "members", "-format", "json"], env={"SERF_RPC_AUTH": lab.token()})
@@ -162,7 +154,7 @@ def test_the_agent_is_sandboxed_and_writes_nothing(lab):
 # --- traffic -------------------------------------------------------------------------------------
 
 def test_traffic_through_each_lb_reaches_both_web_hosts(lab):
-    note("both LBs serve both web hosts", converged(lab))
+    note("both LBs serve both web hosts", lab.converge())
     for lb in lab.lbs:
         answers = lab.client.run(f"for i in $(seq 12); do curl -sS --max-time 5 http://{lb.ip}/; done").stdout
         assert set(answers.split()) == set(WEBS), (lb.name, answers)
@@ -175,7 +167,7 @@ def test_traffic_through_each_lb_reaches_both_web_hosts(lab):
 
 
 def test_stopping_the_agent_drains_the_web_host_and_both_lbs_follow(lab):
-    converged(lab)
+    lab.converge()
     web1 = lab.hosts["web1"]
     with ClientLoop(lab.client, [lb.ip for lb in lab.lbs]) as loop:
         wait_until(lambda: "web1" in loop.poll().answered_by(), 10, "web1 to answer the loop")
@@ -183,7 +175,7 @@ def test_stopping_the_agent_drains_the_web_host_and_both_lbs_follow(lab):
         web1.run(["systemctl", "stop", "lbsync-agent"])  # returns when the drain and the leave are done
         note("systemctl stop lbsync-agent (drain, leave)", time.monotonic() - began)
         stopped = time.time()
-        note("both LBs serve web2 only", converged(lab, ["web2"], timeout=5))
+        note("both LBs serve web2 only", lab.converge(["web2"], timeout=5))
         wait_until(lambda: sum(loop.poll().answered_by(since=stopped).values()) >= 40, 15, "answers after the stop")
     assert len(loop.results) > 100
     assert loop.failures == [], loop.failures[:5]
@@ -192,17 +184,17 @@ def test_stopping_the_agent_drains_the_web_host_and_both_lbs_follow(lab):
     # serf left on purpose and stays down (Restart=on-failure); starting the agent starts it again
     assert web1.run(["systemctl", "is-active", "serf"], check=False).stdout.strip() == "inactive"
     web1.run(["systemctl", "start", "lbsync-agent"])
-    note("agent started: web1 back on both LBs", converged(lab))
+    note("agent started: web1 back on both LBs", lab.converge())
 
 
 def test_a_rebooted_web_host_comes_back_into_the_pool_without_a_lost_request(lab):
-    converged(lab)
+    lab.converge()
     web2 = lab.hosts["web2"]
     with ClientLoop(lab.client, [lb.ip for lb in lab.lbs]) as loop:
         began = time.monotonic()
         web2.reboot()  # systemd stops the agent first: a drain, then nginx
         note("reboot of web2", time.monotonic() - began)
-        note("web2 back on both LBs", converged(lab))
+        note("web2 back on both LBs", lab.converge())
         back = time.time()
         wait_until(lambda: loop.poll().answered_by(since=back).get("web2", 0) >= 5, 15, "web2 to answer again")
     assert loop.failures == [], loop.failures[:5]
@@ -210,7 +202,7 @@ def test_a_rebooted_web_host_comes_back_into_the_pool_without_a_lost_request(lab
 
 
 def test_a_rebooted_lb_keeps_its_state_and_serves_the_pool_at_once(lab):
-    converged(lab)
+    lab.converge()
     for lb in lab.lbs:
         before = lab.served(lb)
         state = lb.run("cd /var/lib/lbsync && ls && sha256sum pool-lbs_backend.json && ls /var/lib/serf").stdout
@@ -227,7 +219,7 @@ def test_a_rebooted_lb_keeps_its_state_and_serves_the_pool_at_once(lab):
         assert set(answers.split()) == set(WEBS)
         assert lb.failed_units() == []
     assert lab.hosts["lb2"].run(["systemctl", "is-active", "lbsync-run"]).stdout.strip() == "active"
-    converged(lab)
+    lab.converge()
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -283,7 +275,7 @@ def test_serf_rpc_needs_the_token_and_is_not_on_the_network(lab):
 def test_lbsync_run_reloads_nginx_for_a_structural_change_from_inside_its_sandbox(lab):
     """SIGHUP via systemctl reload, then nginx -t (Lua module, port 80) and `systemctl reload nginx`
     over D-Bus, all from lbsync-run's sandbox; re-provisioning puts the shipped config back."""
-    converged(lab)
+    lab.converge()
     lb2 = lab.hosts["lb2"]
     assert lab.served(lb2)["algorithm"] == "round_robin"
     workers = lambda: lb2.run("cat /proc/$(cat /run/nginx.pid)/task/*/children").stdout.split()
@@ -297,4 +289,4 @@ def test_lbsync_run_reloads_nginx_for_a_structural_change_from_inside_its_sandbo
     output = lab.provision(lb2)
     assert "updated /etc/lbsync/lbsync.toml" in output
     wait_until(lambda: lab.served(lb2).get("algorithm") == "round_robin", 10, "lb2 back to round_robin")
-    converged(lab)
+    lab.converge()

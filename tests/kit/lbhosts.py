@@ -232,6 +232,15 @@ class Lab:
             return {}
         return pool if "backends" in pool else {}
 
+    def converge(self, webs: list[str] | None = None, timeout: float = 30) -> float:
+        """Wait until nginx on every LB sends new requests to exactly `webs` (default: every web
+        host); the seconds it took. Provisioning returns before the LBs have followed Serf."""
+        webs = sorted(webs if webs is not None else [web.name for web in self.webs])
+        began = time.monotonic()
+        for lb in self.lbs:
+            wait_until(lambda: self.in_rotation(lb) == webs, timeout, f"nginx on {lb.name} to serve {webs}")
+        return time.monotonic() - began
+
     def in_rotation(self, lb: Host) -> list[str]:
         """Names of the backends nginx on `lb` sends new requests to (not down, not draining)."""
         return sorted(b["name"] for b in self.served(lb).get("backends", ()) if not (b["down"] or b["drain"]))
