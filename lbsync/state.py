@@ -64,7 +64,8 @@ def record_sync(settings: Settings, result: SyncResult, seconds: tuple[float, fl
     members = record.since(previous, record.labels(result), now)
     skipped = {s.name: s.reason for s in result.skipped}
     old_skips = record.mapping(before, "skipped")
-    events = (record.membership_events(previous, members, skipped, now) if previous else []) + \
+    first = "members" not in before  # the first record: every member would look new
+    events = ([] if first else record.membership_events(previous, members, skipped, now)) + \
         record.apply_event(result, now)
     data = {
         **{k: before[k] for k in ("failure",) if k in before},

@@ -177,3 +177,11 @@ def test_leaving_then_left_is_one_leave_event():
     steps = [{"web1": {"state": "serving"}}, {"web1": {"state": "leaving"}}, {"web1": {"state": "left"}}]
     events = [e for a, b in zip(steps, steps[1:]) for e in record.membership_events(a, b, {}, 1.0)]
     assert [(e[1], e[2]) for e in events] == [("leave", "web1")]
+
+
+def test_the_first_member_after_an_empty_pool_is_a_join(tmp_path):
+    settings = settings_in(tmp_path)
+    state.record_sync(settings, result(action=RELOADED))  # the first run: nobody yet
+    state.record_sync(settings, result(member("web1", 1), action=PUSHED))
+    events = state.read(settings.state_dir, state.LAST_SYNC)["events"]
+    assert [(e[1], e[2]) for e in events] == [("reload", ""), ("join", "web1"), ("push", "")]
