@@ -209,12 +209,15 @@ def _daemon(data: dict | None) -> dict:
 
 def _autoscale(settings: Settings, data: dict | None, now: float) -> dict:
     """The autoscaler's last word. It writes its state every `interval`: older than three
-    intervals (at least a minute) means it is not running, or not acting (dry runs write none)."""
+    intervals (at least a minute) means it is not running, or not acting (dry runs write none).
+    When the file names a `pid`, that process being alive decides instead."""
     if not data:
         return {"state": "absent"}
     scale, decision = record.mapping(data, "state"), record.mapping(data, "decision")
     updated = data.get("updated") if isinstance(data.get("updated"), (int, float)) else None
     fresh = updated is not None and now - updated <= max(3 * settings.autoscale.interval, 60.0)
+    if isinstance(data.get("pid"), int):  # a scaler that names its pid is asked directly
+        fresh = state.pid_alive(data["pid"])
     names = lambda key: [str(n.get("name")) for n in scale.get(key) or [] if isinstance(n, dict)]
     return {"state": "active" if fresh else "idle", "updated": updated,
             "action": decision.get("action"), "reason": decision.get("reason", ""),

@@ -141,6 +141,9 @@ def test_the_autoscaler_in_words(tmp_path):
     assert "last scale-out 5 min ago, last scale-in -" in line
     assert any(e["kind"] == "autoscale" for e in data["events"])
     assert status.model(settings, [], served(), now=now + 3600)["autoscale"]["state"] == "idle"
+    data = state.read(settings.state_dir, state.AUTOSCALE)
+    state.write(settings.state_dir, state.AUTOSCALE, {**data, "pid": os.getpid()})
+    assert status.model(settings, [], served(), now=now + 3600)["autoscale"]["state"] == "active"
 
 
 def test_hostile_names_are_escaped_in_text_and_plain_json(tmp_path):
