@@ -7,11 +7,14 @@ wheel and its dependencies', built on this machine.
 
 - `wheelhouse()` builds that wheelhouse once per content of what goes into the wheel
   (pyproject.toml, README.md, LICENSE, lbsync/**), into `.cache/hosts/wheels-<digest>/`, from a
-  copy of those files (the checkout gets no build/ or egg-info) with a fixed SOURCE_DATE_EPOCH, so
-  the same source gives the same wheel bytes and a second provisioning installs nothing.
+  copy of those files (the checkout gets no build/ or egg-info) with a fixed SOURCE_DATE_EPOCH.
+  The build backend's venv and the dependencies' wheels are made once per pyproject requirements
+  (`wheel-tools-<digest>/`), so a changed source costs a build of about 2 s, not a fresh env.
 - `make_secrets(dir)` makes the gossip key and RPC token the way plan.rb does, on this machine.
-- `Lab` boots `lb`, `web1..N` (and a `client`, which runs nothing of lbsync's) on one `Hosts` run
-  and provisions them: the LB first (web hosts join it), then the web hosts in parallel.
+- `Lab` boots `lb`, `web1..N`, further LBs and a `client` (which runs nothing of lbsync's) on one
+  `Hosts` run and provisions them: the first LB, then the others in parallel (they join it).
+  `converge()` waits until nginx on every LB serves every web host; `served(lb)` reads what nginx
+  holds from its control socket. `ClientLoop` sends requests from `client` while a step runs.
 
 Used by tests/hosts/test_host_story.py and lab/hostlab.py (`lab/hosts.sh`).
 """
