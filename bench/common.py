@@ -17,6 +17,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
+# what scenarios.run_mode runs against each column, in this order (run.py --only picks some)
+SCENARIOS = ("join_leave", "agent", "faults", "churn", "burst", "mass_leave", "empty_pool")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -58,13 +60,14 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain-text table with aligned columns: the first left-aligned, the others right."""
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) -> str:
+    """A plain-text table with aligned columns: the first `left` left-aligned (text), the others
+    right-aligned (figures)."""
     text_rows = [[cell(value) for value in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in text_rows]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+        return "  ".join(v.ljust(w) if i < left else v.rjust(w)
                          for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in text_rows])
