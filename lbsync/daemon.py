@@ -77,6 +77,7 @@ class Daemon:
         self.counters: tuple | None = None  # Serf's stats key at the last full poll
         self.next_members = 0.0
         self.live = data_plane(settings) == "live"
+        self.ready = False  # READY=1 sent to systemd
         self.debounce = Debounce()
         self.backoff = Backoff(settings.daemon.reconnect_max)
         self.next_connect = 0.0
@@ -250,13 +251,14 @@ class Daemon:
         except LbsyncError as exc:
             log.error("%s; retrying at the next change or resync", exc)
             self.view.record_error(exc, time.time())
+            self._notify(f"STATUS=last run failed: {exc}")
         except Exception as exc:  # a bug must not take the LB's follower down; say what it was
             log.error("reconcile failed unexpectedly (%s: %s); retrying at the next change or resync",
                       type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self.view.record_error(exc, time.time())
+            self._notify(f"STATUS=last run failed unexpectedly: {type(exc).__name__}")
         else:
-            if not self.view.outcomes:  # the first reconcile: nginx holds the membership now
-                notify("READY=1")
+            self._notify(f"STATUS={len(result.backends)} backends, last run {result.outcome.value}")
             self.view.record(result, time.time())
             if result.reloaded:
                 self.last_reload = now
@@ -266,6 +268,15 @@ class Daemon:
             if self.health is not None:
                 self.health.set_targets(targets_for(result.backends))
         self._publish()
+
+    def _notify(self, status: str) -> None:
+        """systemd: ready after the first attempt, whatever its outcome (the loop retries on its
+        own, and a unit stuck in "activating" would only time out), then a status line per run."""
+        if self.ready:
+            notify(status)
+        else:
+            notify("READY=1", status)
+            self.ready = True
 
     # -- hot reload ---------------------------------------------------------------------------
 

@@ -14,4 +14,5 @@ put it on PYTHONPATH. One module per job:
   lb          start_lb(mode="hook"|"run") -> LoadBalancer: nginx + LB agent + lbsync + web nodes
   labrun      running_lab(), Lab, RequestLoop: the lab driven through lab/*.sh
   hosts       Debian hosts in systemd-nspawn containers (its own docstring)
+  lbhosts     an LB and web hosts provisioned from a wheel in those containers; a client loop
 """

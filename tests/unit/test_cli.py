@@ -60,3 +60,18 @@ def test_not_allowed_is_exit_77_with_one_line_not_a_traceback(tmp_path):
         assert done.returncode == os.EX_NOPERM == 77, done.stderr
         assert "permission denied" in done.stderr and "Traceback" not in done.stderr
         assert done.stderr.count("\n") == 1
+
+
+def test_syslog_is_skipped_only_when_stderr_really_is_the_journal(tmp_path):
+    """A hook inherits serf.service's JOURNAL_STREAM but writes to serf's pipe: it must keep syslog."""
+    from lbsync import cli
+
+    info = os.fstat(2)
+    os.environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
+    try:
+        assert cli._stderr_is_journal()
+        os.environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino + 1}"
+        assert not cli._stderr_is_journal()
+    finally:
+        del os.environ["JOURNAL_STREAM"]
+    assert not cli._stderr_is_journal()
