@@ -6,9 +6,12 @@ A node `fN` runs its own lab/webserver.py and Serf agent. A paced client sends f
            request on the next server (`proxy_next_upstream error`), Serf declares it failed;
   hanging  web server is SIGSTOPped (the kernel still accepts connections, nobody answers) and
            the Serf agent SIGKILLed: a request sent there waits until the client gives up.
-Measured: time until the node is out of the upstream file (or rendered `down`), and failed
-requests out of all sent. `lbsync run` has active health checks on (benchlab.RUN_TOML); the
-hook and the naive peer have none (nginx OSS has no active checks).
+Measured: time until the node is out of what nginx routes to (the upstream file, or rendered
+`down`; with the live driver the pool read back from nginx, `down` by health checks), and failed
+requests out of all sent. Both `lbsync run` columns have active health checks on
+(benchlab.RUN_TOML); the hook columns and the naive peer have none (nginx OSS has no active
+checks). A request sent to the hanging backend waits for the kit's `proxy_read_timeout` of 2 s
+(kit.nginx.READ_TIMEOUT; installed hosts default to 10 s) and is then retried on another peer.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ REMOVAL_DEADLINE = 30.0
 
 
 class Load:
-    """A paced client: one fresh request every 1/RATE s, each in its own worker, outcomes kept."""
+    """A paced client: one fresh request every 1/rate s, each in its own worker, outcomes kept."""
 
-    def __init__(self, port: int):
-        self.port, self.outcomes = port, Counter()
+    def __init__(self, port: int, rate: float = RATE):
+        self.port, self.rate, self.outcomes = port, rate, Counter()
+        self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.pool = ThreadPoolExecutor(int(RATE * CLIENT_TIMEOUT * 1.5))
+        self.pool = ThreadPoolExecutor(int(rate * CLIENT_TIMEOUT * 1.5))
         self.thread = threading.Thread(target=self._pace, daemon=True)
 
     def start(self) -> Load:
@@ -50,12 +54,13 @@ class Load:
         tick = now()
         while not self.stopping.is_set():
             self.pool.submit(self._one)
-            tick += 1 / RATE
+            tick += 1 / self.rate
             time.sleep(max(0.0, tick - now()))
 
     def _one(self) -> None:
         status, body = http_get("127.0.0.1", self.port, "/", CLIENT_TIMEOUT)
-        self.outcomes["ok" if status == 200 else (f"HTTP {status}" if status else body.split(":")[0])] += 1
+        with self.lock:
+            self.outcomes["ok" if status == 200 else (f"HTTP {status}" if status else body.split(":")[0])] += 1
 
     def stop(self) -> dict:
         self.stopping.set()

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchlab import BenchLab, WebNode, make_lab, nodes_for, now
-from common import emit, summary
+from common import SCENARIOS, emit, summary
 from kit.net import http_get, wait_until
 from kit.procs import Processes
 from probes import (
@@ -25,6 +25,8 @@ from probes import (
     EMPTY_DEADLINE,
     ROUTE_DEADLINE,
     THINK,
+    KnowWatcher,
+    Sweeper,
     exactness,
     failed,
     served_exactly,
@@ -35,11 +37,13 @@ from scenario_agent import agent_trials
 from scenario_churn import churn
 from scenario_faults import fault_trials
 
-PROFILES = {
-    "smoke": {"trials": 2, "burst": 5, "keep": 3, "agents": 1, "faults": False, "churn": 0},  # harness check
-    "quick": {"trials": 15, "burst": 50, "keep": 3, "agents": 2, "faults": True, "churn": 0},
+PROFILES = {  # churn: seconds (0: not run); agents, trials: how many
+    "smoke": {"trials": 2, "burst": 5, "keep": 3, "agents": 1, "faults": False, "churn": 4.0},  # harness check
+    "quick": {"trials": 10, "burst": 50, "keep": 3, "agents": 0, "faults": True, "churn": 20.0},
     "full": {"trials": 30, "burst": 50, "keep": 3, "agents": 5, "faults": True, "churn": 60.0},
 }
+
+
 def join_leave(lab: BenchLab, nodes: list[WebNode]) -> dict:
     """Per trial: a fresh agent joins (timed to its first routed request), then leaves gracefully."""
     joins, leaves, errors, timeouts = [], [], 0, 0
@@ -64,27 +68,37 @@ def join_leave(lab: BenchLab, nodes: list[WebNode]) -> dict:
 
 
 def burst(lab: BenchLab, nodes: list[WebNode], present: list[WebNode]) -> dict:
-    """`nodes` join back to back; time until every one has answered through nginx, and reloads."""
+    """`nodes` join at once; time until every one has answered through nginx, measured from the
+    join RPCs and from the moment the LB's Serf agent knew all of them; reloads meanwhile."""
     for node in nodes:
         lab.start_agent(node)
     reloads = lab.reloads()
+    names = {n.name for n in nodes}
+    watcher = KnowWatcher(lab, names, {n.endpoint for n in nodes})
+    sweeper = Sweeper(lab.nginx.port, go=watcher.knew_event).start()  # sweeps once the LB knew all
     start = now()
+    watcher.start()
     with ThreadPoolExecutor(len(nodes)) as pool:  # all at once, as when a fleet boots together
         retries = sum(pool.map(lab.join, nodes))
     joined = now() - start
-    pending, errors, last = {n.name for n in nodes}, 0, None
-    while pending and now() - start < CONVERGE_DEADLINE:
-        answer = lab.served()
-        errors += failed(answer)
-        if answer in pending:
-            pending.discard(answer)
-            last = now() - start
+    routable = sweeper.wait_for(names, start + CONVERGE_DEADLINE)
+    sweeper.stop()
+    watcher.join(2.0 if routable else 0.1)  # the live pool's read-back, when it lags the answers
+    watcher.stop()
     settle(lab)
     expected = sorted(n.endpoint for n in nodes + present)
+    knew = watcher.knew
     return {"nodes": len(nodes), "joins_sent_ms": round(joined * 1000, 1), "join_retries": retries,
-            "all_routable_ms": round(last * 1000, 1) if not pending else None,
-            "never_routed": sorted(pending), "reloads": lab.reloads() - reloads, "client_errors": errors,
-            **exactness(lab, expected), "served_exact": served_exactly(lab, nodes + present)}
+            "lb_knew_all_ms": _ms(knew, start), "all_routable_ms": _ms(routable, start),
+            "knew_to_routable_ms": _ms(routable, knew), "knew_to_pool_ms": _ms(watcher.pooled, knew),
+            "never_routed": sorted(names - set(sweeper.first)), "reloads": lab.reloads() - reloads,
+            "client_errors": sum(sweeper.errors.values()), "error_kinds": dict(sweeper.errors),
+            **exactness(lab, expected),
+            "served_exact": served_exactly(lab, nodes + present)}
+
+
+def _ms(end: float | None, start: float | None) -> float | None:
+    return round((end - start) * 1000, 1) if end is not None and start is not None else None
 
 
 def mass_leave(lab: BenchLab, leaving: list[WebNode], keeping: list[WebNode]) -> dict:
@@ -129,8 +143,9 @@ def _wait_exited(nodes: list[WebNode], timeout: float = 15.0) -> None:
                interval=0.1)
 
 
-def run_mode(mode: str, profile: str, workdir: Path) -> dict:
-    """Every scenario against one fresh lab in `mode`; a failing scenario is recorded, not fatal."""
+def run_mode(mode: str, profile: str, workdir: Path, only: tuple[str, ...] = SCENARIOS) -> dict:
+    """Every scenario (or those in `only`) against one fresh lab in `mode`; a failing scenario is
+    recorded, not fatal."""
     shape = PROFILES[profile]
     base = nodes_for("web", "127.0.2", 1)
     trials = nodes_for("t", "127.0.5", shape["trials"])
@@ -140,6 +155,7 @@ def run_mode(mode: str, profile: str, workdir: Path) -> dict:
     churning = nodes_for("c", "127.0.3", 4)
     procs = Processes(workdir)
     out: dict = {"mode": mode}
+    started = now()
     try:
         lab = make_lab(mode, procs, workdir, base + trials + bursting + churning)
         lab.start_agent(base[0], join=True)
@@ -153,7 +169,7 @@ def run_mode(mode: str, profile: str, workdir: Path) -> dict:
                  ("mass_leave", lambda: mass_leave(lab, base + bursting[len(keep):], keep)),
                  ("empty_pool", lambda: empty_pool(lab, keep)))
         for name, step in steps:
-            if (name == "faults" and not shape["faults"]) or (name == "churn" and not shape["churn"]):
+            if not wanted(name, shape, only):
                 continue
             out[name] = _guarded(step)
             print(f"   {mode} {name}: {brief(name, out[name])}", flush=True)
@@ -161,8 +177,17 @@ def run_mode(mode: str, profile: str, workdir: Path) -> dict:
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         procs.stop_all()
+    out["seconds"] = round(now() - started, 1)
     return emit(f"scenarios[{mode}]", out, "; ".join(f"{k}: {brief(k, v)}" for k, v in out.items()
                                                      if isinstance(v, dict)))
+
+
+def wanted(name: str, shape: dict, only: tuple[str, ...]) -> bool:
+    """Whether `run_mode` runs scenario `name`: asked for, in the profile (agent, faults, churn may
+    be left out), and its nodes there (mass leave and empty pool leave the burst's nodes)."""
+    in_profile = {"agent": bool(shape["agents"]), "faults": shape["faults"], "churn": bool(shape["churn"])}
+    needs_burst = name in ("mass_leave", "empty_pool")
+    return name in only and in_profile.get(name, True) and (not needs_burst or "burst" in only)
 
 
 def _guarded(step) -> dict:
@@ -180,8 +205,8 @@ def brief(name: str, result: dict) -> str:
         return (f"join p50 {result['join_ms']['p50']} ms, leave p50 {result['leave_ms']['p50']} ms, "
                 f"{result['client_errors']} errors, {result['timeouts']} timeouts")
     if name == "burst":
-        return (f"all routable {result['all_routable_ms']} ms, {result['reloads']} reloads, "
-                f"exact {result['upstream_exact']}")
+        return (f"all routable {result['all_routable_ms']} ms, {result['knew_to_routable_ms']} ms after the LB "
+                f"knew all, {result['reloads']} reloads, exact {result['upstream_exact']}")
     if name == "mass_leave":
         return (f"converged {result['converged_ms']} ms, exact {result['upstream_exact']}, "
                 f"stale {len(result['stale'])}")
@@ -192,7 +217,8 @@ def brief(name: str, result: dict) -> str:
         return "; ".join(f"{k}: out after {v['removed_ms']} ms, {v['failed']}/{v['requests']} failed"
                          for k, v in result.items())
     if name == "churn":
-        return (f"{result['membership_events']} events, {result['reloads']} reloads, failed "
+        return (f"{result['duration_s']:g} s, {result['membership_events']} events, {result['reloads']} reloads, "
+                f"failed "
                 f"{result['fresh']['failed']}/{result['fresh']['requests']} fresh, "
                 f"{result['keepalive']['failed']}/{result['keepalive']['requests']} keep-alive")
     if name == "empty_pool":
