@@ -21,13 +21,22 @@ CHECKS = [
     "summary_scales_seconds_to_milliseconds",
     "ratio_refuses_missing_or_zero",
     "table_aligns_columns_and_shows_missing_values",
+    "table_left_aligns_text_columns_on_request",
     "scenario_rows_compare_modes_and_mark_never",
+    "ratios_against_naive_and_between_drivers",
+    "profiles_pick_their_scenarios",
     "importtime_parser_reads_self_times",
     "fake_members_are_distinct_loopback_web_nodes_as_serf_sends_them",
     "upstream_server_lines_parsed_without_down_ones",
+    "live_pool_read_back_leaves_out_drained_and_down",
+    "pipelined_responses_parsed_one_by_one",
     "multiweb_accepts_only_loopback",
-    "handle_rows_put_the_hook_cost_under_handle_and_idle_cost_under_run",
+    "multiweb_config_answers_each_name_on_its_address",
+    "handle_rows_put_each_driver_under_its_column",
     "scale_rows_one_column_per_mode",
+    "wrk_report_parsed_and_runs_interleaved",
+    "static_site_is_the_shipped_site_on_a_static_upstream",
+    "fault_suite_table_says_held_or_failed_per_case_and_column",
 ]
 
 
