@@ -28,7 +28,8 @@ subtract from `time`):
   daemon: {state: "running"|"stopped"|"absent", pid, started, stopped, serf_connected, last_reconcile,
            last_outcome, last_error, reconciles: {outcome: n}, reloads, pushes, reconnects, unhealthy: [],
            status_url}
-  autoscale: {state: "active"|"idle"|"absent", updated, action, reason, size, fleet_load,
+  autoscale: {state: "active"|"idle"|"absent", updated, decided: when `action` was decided, action, reason,
+              size, fleet_load,
               warming: [names], removing: [names], last_out, last_in}
   events: [{time, kind, name, detail}]                # newest last; see `record` and `metrics`
 """
@@ -90,8 +91,8 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
               for e in list(last.get("events") or []) + list((daemon or {}).get("events") or [])
               if isinstance(e, list) and len(e) == 4]
     auto = _autoscale(settings, state.read(settings.state_dir, state.AUTOSCALE), now)
-    if auto.get("updated") and auto.get("action") not in (None, "hold"):
-        events.append({"time": auto["updated"], "kind": "autoscale", "name": "",
+    if auto.get("decided") and auto.get("action") not in (None, "hold"):
+        events.append({"time": auto["decided"], "kind": "autoscale", "name": "",
                        "detail": f"{auto['action']}: {auto.get('reason', '')}"})
     return {
         "schema": 1, "time": now, "host": socket.gethostname(),
@@ -210,16 +211,17 @@ def _daemon(data: dict | None) -> dict:
 def _autoscale(settings: Settings, data: dict | None, now: float) -> dict:
     """The autoscaler's last word. It writes its state every `interval`: older than three
     intervals (at least a minute) means it is not running, or not acting (dry runs write none).
-    When the file names a `pid`, that process being alive decides instead."""
+    When the file names a `pid`, that process being alive (and not `stopped`) decides instead."""
     if not data:
         return {"state": "absent"}
     scale, decision = record.mapping(data, "state"), record.mapping(data, "decision")
     updated = data.get("updated") if isinstance(data.get("updated"), (int, float)) else None
     fresh = updated is not None and now - updated <= max(3 * settings.autoscale.interval, 60.0)
     if isinstance(data.get("pid"), int):  # a scaler that names its pid is asked directly
-        fresh = state.pid_alive(data["pid"])
+        fresh = state.pid_alive(data["pid"]) and not data.get("stopped")
+    decided = decision.get("time") if isinstance(decision.get("time"), (int, float)) else updated
     names = lambda key: [str(n.get("name")) for n in scale.get(key) or [] if isinstance(n, dict)]
-    return {"state": "active" if fresh else "idle", "updated": updated,
+    return {"state": "active" if fresh else "idle", "updated": updated, "decided": decided,
             "action": decision.get("action"), "reason": decision.get("reason", ""),
             "size": decision.get("size"), "fleet_load": decision.get("fleet_load"),
             "warming": names("warming"), "removing": names("removing"),
@@ -330,7 +332,8 @@ def _autoscale_text(a: dict, now: float) -> str:
     load = "none" if a.get("fleet_load") is None else f"{a['fleet_load']:.2f}"
     names = lambda key: ", ".join(printable(n) for n in a[key]) or "none"
     state_word = "active" if a["state"] == "active" else "idle (no word for a while: stopped?)"
-    return (f"autoscale: {state_word}, updated {ago(a.get('updated'), now)}; last decision {a.get('action')}: "
+    return (f"autoscale: {state_word}, updated {ago(a.get('updated'), now)}; last decision {a.get('action')} "
+            f"{ago(a.get('decided'), now)}: "
             f"{printable(a.get('reason') or '')}; size {a.get('size')}, fleet load {load}; "
             f"warming {names('warming')}; removing {names('removing')}; "
             f"last scale-out {ago(a.get('last_out'), now)}, last scale-in {ago(a.get('last_in'), now)}")

@@ -136,7 +136,7 @@ def test_the_autoscaler_in_words(tmp_path):
                      "fleet_load": 0.912345}})
     data = status.model(settings, [], served(), now=now)
     line = next(x for x in status.text(data).splitlines() if x.startswith("autoscale:"))
-    assert line.startswith("autoscale: active, updated 4 s ago; last decision scale-out: fleet load 0.91")
+    assert line.startswith("autoscale: active, updated 4 s ago; last decision scale-out 4 s ago: fleet load 0.91")
     assert "fleet load 0.91;" in line and "warming web3; removing none" in line
     assert "last scale-out 5 min ago, last scale-in -" in line
     assert any(e["kind"] == "autoscale" for e in data["events"])
@@ -144,6 +144,8 @@ def test_the_autoscaler_in_words(tmp_path):
     data = state.read(settings.state_dir, state.AUTOSCALE)
     state.write(settings.state_dir, state.AUTOSCALE, {**data, "pid": os.getpid()})
     assert status.model(settings, [], served(), now=now + 3600)["autoscale"]["state"] == "active"
+    state.write(settings.state_dir, state.AUTOSCALE, {**data, "pid": os.getpid(), "stopped": now})
+    assert status.model(settings, [], served(), now=now)["autoscale"]["state"] == "idle"  # a clean stop
 
 
 def test_hostile_names_are_escaped_in_text_and_plain_json(tmp_path):
