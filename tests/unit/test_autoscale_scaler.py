@@ -312,3 +312,23 @@ def test_retries_back_off_log_the_providers_message_and_give_up_on_fatal_errors(
     with pytest.raises(ProviderError, match="AuthFailure"):
         with_retries("x", lambda: (_ for _ in ()).throw(fatal[0]), 4, waits.append)
     assert len(waits) == 2
+
+
+def test_drain_sync_forces_a_push_pull_with_a_node_until_the_lb_sees_its_drain_tag(serf):
+    """The 11 s delay: gossip can miss the LB, which then learns drain=1 only at Serf's next
+    push-pull (~15 s). During a removal the scaler joins the node (a push-pull at once) until the
+    LB's own agent shows the tag."""
+    from lbsync.scaler import DrainSync
+
+    settings = Settings(rpc_addr=serf.addr)
+    joins = lambda: [body["Existing"] for header, body in serf.requests if header["Command"] == "join"]
+    with DrainSync(settings, "web1", every=0.05):
+        wait = time.monotonic() + 5
+        while not joins() and time.monotonic() < wait:
+            time.sleep(0.02)
+    assert joins()[0] == ["10.0.0.1:7946"]
+    serf.members[1] = record("web1", "10.0.0.1", drain="1")
+    count = len(joins())
+    with DrainSync(settings, "web1", every=0.05):
+        time.sleep(0.3)
+    assert len(joins()) == count  # the LB sees drain=1: nothing to repair
