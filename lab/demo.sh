@@ -25,17 +25,19 @@ status() {
     "$PYTHON" -m lbsync -c "$LAB_DIR/lb/lbsync.toml" status 2>&1 | grep -v '^\(daemon\|autoscale\):' | sed 's/^/   /'
 }
 
-step "1. The load balancer: nginx, a Serf agent, and lbsync as its event handler"
+if [ "$LAB_MODE" = run ]; then follower="the lbsync run daemon"; else follower="lbsync as its event handler"; fi
+step "1. The load balancer: nginx, a Serf agent, and $follower"
 show lab/up.sh
 lab/up.sh
 . "$LAB_DIR/lab.env"  # the ports up.sh settled on
 tool requests "$LB_IP" "$HTTP_PORT" 1  # nobody home yet: lbsync's 503 page
 
 if [ -n "${LAB_AUTOSCALE:-}" ]; then
-    step "2-4. Autoscale on (min 2, max 4): lbsync autoscale boots the pool itself"
+    step "2-4. Autoscale on (min 2, max 4): lbsync autoscale boots the pool itself, then grows it"
+    for n in 1 2 3 4; do mkdir -p "$LAB_DIR/web$n"; echo 0.50 > "$LAB_DIR/web$n/load"; done  # in band: hold
     AUTOSCALE=("$PYTHON" -m lbsync -c "$LAB_DIR/lb/lbsync.toml"
-        --set autoscale.min_size=2 --set autoscale.max_size=4 --set autoscale.interval=5
-        --set autoscale.sustain=3 --set autoscale.cooldown_out=30 --set autoscale.cooldown_in=60
+        --set autoscale.min_size=2 --set autoscale.max_size=4 --set autoscale.interval=2
+        --set autoscale.sustain=3 --set autoscale.cooldown_out=10 --set autoscale.cooldown_in=60
         --set autoscale.warmup=15 --set "autoscale.name_template=serf-web{index}"
         --set "autoscale.scale_out_command=$REPO/lab/boot_web.sh {index}"
         --set "autoscale.scale_in_command=$REPO/lab/stop_web.sh {index}" autoscale)
@@ -43,6 +45,10 @@ if [ -n "${LAB_AUTOSCALE:-}" ]; then
     tool alive "$LAB_DIR/lb/autoscale.pid" ||
         tool spawn "$LAB_DIR/lb/autoscale.pid" "$LAB_DIR/lb/autoscale.log" -- "${AUTOSCALE[@]}"
     tool wait-served "$LB_IP" "$HTTP_PORT" serf-web2 --timeout 60
+    # step 6 stops web2 by hand: first grow to 3 (load 0.95 > 0.80), so the pool stays at min_size
+    for n in 1 2; do echo 0.95 > "$LAB_DIR/web$n/load"; done
+    tool wait-served "$LB_IP" "$HTTP_PORT" serf-web3 --timeout 90
+    for n in 1 2 3 4; do echo 0.50 > "$LAB_DIR/web$n/load"; done
     tool requests "$LB_IP" "$HTTP_PORT" 4
     echo "   load: echo 0.95 > $LAB_DIR/webN/load scales out; echo 0.05 scales back in"
     echo "   decisions: tail -f $LAB_DIR/lb/autoscale.log"
@@ -77,4 +83,5 @@ next "lab/stop_web.sh 2" "a graceful drain, then leave"
 next "lab/kill_web.sh 3" "a hard crash: Serf says failed, the LB drops it"
 next "$LBSYNC -c $LAB_DIR/lb/lbsync.toml status" "what the LB renders, what nginx serves, and why"
 next "lab/down.sh" "stop everything (state and logs stay)"
-next "LAB_MODE=run lab/up.sh" "after down.sh: the LB with the lbsync run daemon"
+[ "$LAB_MODE" != run ] || next "http://$LB_IP:$STATUS_PORT/" "the status page (and /metrics) of lbsync run"
+next "LAB_MODE=hook lab/up.sh" "after down.sh: the LB with lbsync as Serf's event handler"

@@ -232,3 +232,42 @@ def test_dry_run_decides_and_logs_but_runs_nothing(procs, ops, tmp_path):
     assert "sample: fleet load none; nodes 0" in dry.output()
     stamped = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} lbsync: INFO: decision: "  # every line has its time
     assert re.search(stamped, dry.output()), dry.output()[:500]
+
+
+def test_demo_with_autoscale_never_drops_the_pool_below_min_size(lab):
+    """Before: with LAB_AUTOSCALE=1 the demo's graceful-stop step (stop web2) left 1 node under
+    min_size 2 until the autoscaler booted another. Now the demo grows to 3 first."""
+    import threading
+    import time
+
+    sizes: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                with lab.client() as client:
+                    sizes.append(sum(1 for m in client.members() if m["Status"] == "alive"
+                                     and m["Name"].startswith("serf-web") and m["Tags"].get("drain") != "1"))
+            except Exception:  # noqa: BLE001 - the LB is not up yet
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        demo = subprocess.Popen([str(ROOT / "lab" / "demo.sh")], env={**lab.env, "LAB_AUTOSCALE": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watcher.start()
+        output, _ = demo.communicate(timeout=400)
+        assert demo.returncode == 0, output[-3000:]
+    finally:
+        done.set()
+        watcher.join(5)
+        pid_file = lab.dir / "lb" / "autoscale.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+    reached = sizes.index(2) if 2 in sizes else len(sizes)
+    assert max(sizes) >= 3 and min(sizes[reached:]) >= 2, sizes
