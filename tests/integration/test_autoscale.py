@@ -271,3 +271,38 @@ def test_demo_with_autoscale_never_drops_the_pool_below_min_size(lab):
                 pass
     reached = sizes.index(2) if 2 in sizes else len(sizes)
     assert max(sizes) >= 3 and min(sizes[reached:]) >= 2, sizes
+
+
+def test_lab_as_a_provider_launch_join_route_drain_destroy_through_the_cloud_code_path(lab, procs, tmp_path):
+    """The command provider with all its steps, on lab nodes: launch (boot_web.sh) -> listed and
+    counted while booting -> joins -> routed -> drain (SIGTERM to the agent, as a cloud node's
+    drain-query handler does) -> the scaler waits until it left -> destroy (stop_web.sh) ->
+    force-leave -prune; no request fails meanwhile."""
+    lab.sh("up.sh")
+    for n in (1, 2):
+        (lab.dir / f"web{n}").mkdir(parents=True, exist_ok=True)
+        (lab.dir / f"web{n}" / "load").write_text("0.9\n")
+    nodes = f"{sys.executable} {SCRIPTS / 'lab_nodes.py'} {lab.dir}"
+    ops = tmp_path / "ops.log"
+    record = f"{sys.executable} {SCRIPTS / 'record.py'} {ops}"
+    policy = {"min_size": 1, "max_size": 2, "sustain": 2, "interval": 0.5, "query_timeout": 0.4,
+              "cooldown_out": 2, "cooldown_in": 2, "warmup": 1, "name_template": "serf-web{index}",
+              "command_timeout": 60, "list_command": f"{nodes} list",
+              "scale_out_command": f"{record} boot {{index}} {ROOT}/lab/boot_web.sh {{index}}",
+              "drain_command": f"{record} drain {{index}} {nodes} drain {{index}}",
+              "scale_in_command": f"{record} destroy {{index}} {ROOT}/lab/stop_web.sh {{index}}"}
+    flags = [arg for key, value in policy.items() for arg in ("--set", f"autoscale.{key}={value}")]
+    config = ["-c", str(lab.dir / "lb" / "lbsync.toml")]
+    scaler = procs.start("autoscale", [sys.executable, "-m", "lbsync", *config, *flags, "autoscale"], lab.env)
+    wait_until(lambda: lab.served() == {"serf-web1", "serf-web2"}, 90, "two nodes served")
+    loop = RequestLoop(lab)
+    wait_until(lambda: len(loop.results) >= 30, 30, "the request loop to get going")
+    for n in (1, 2):
+        (lab.dir / f"web{n}" / "load").write_text("0.1\n")
+    wait_until(lambda: "forgotten (force-leave -prune)" in scaler.output(), 90, "the scale-in to finish")
+    results = loop.stop()
+    assert loop.failures() == [] and len(results) > 50, loop.failures()[:5]
+    assert [(what, arg) for _, what, arg in _calls(ops)] == [
+        ("boot", "1"), ("boot", "2"), ("drain", "2"), ("destroy", "2")], scaler.output()[-3000:]
+    assert lab.served() == {"serf-web1"} and "serf-web2" not in lab.members()
+    assert "serf-web2=booting" in scaler.output() or "size 2" in scaler.output()
