@@ -17,15 +17,16 @@ fi
 : "${LB_SERF_PORT:=7946}"        # Serf gossip (TCP+UDP); taken -> up.sh picks a free one
 : "${LB_RPC_PORT:=7373}"         # Serf RPC, for lbsync and `serf members`
 : "${HTTP_PORT:=8080}"           # nginx: http://$LB_IP:$HTTP_PORT/
+: "${STATUS_PORT:=9180}"         # `lbsync run`'s status page and /metrics (LAB_MODE=run)
 : "${WEB_PORT:=8000}"            # each web node's web server, on its own address
 : "${WEB_SERF_PORT:=7946}"
 : "${WEB_RPC_PORT:=7373}"
-: "${LAB_MODE:=hook}"            # hook: `lbsync handle` as serf's event handler; run: `lbsync run`
+: "${LAB_MODE:=run}"             # run: the `lbsync run` daemon; hook: `lbsync handle` as serf's handler
 if [ -z "${PYTHON:-}" ]; then  # the checkout's venv (make demo makes it), else python3
     PYTHON=python3
     [ -x "$REPO/.venv/bin/python" ] && PYTHON=$REPO/.venv/bin/python
 fi
-export LAB_DIR LAB_NET LB_IP LB_SERF_PORT LB_RPC_PORT HTTP_PORT WEB_PORT WEB_SERF_PORT WEB_RPC_PORT
+export LAB_DIR LAB_NET LB_IP LB_SERF_PORT LB_RPC_PORT HTTP_PORT WEB_PORT WEB_SERF_PORT WEB_RPC_PORT STATUS_PORT
 export LAB_MODE PYTHON
 # lbsync importable from the checkout, and the test kit (tests/kit: the nginx layout the tests use)
 export PYTHONPATH="$REPO:$REPO/tests${PYTHONPATH:+:$PYTHONPATH}"

@@ -200,7 +200,9 @@ def cmd_lb_config(args) -> None:
         "nginx_pid": str(prefix / "nginx.pid"), "control_socket": str(prefix / "run" / "control.sock"),
         "reload_command": f"{nginx} -s reload", "lock_file": str(lab / "lb" / "lbsync.lock"),
         "state_dir": str(lab / "lb" / "state"), "syslog": False,
-    }, "lbsync on the lab's LB (on a real LB: /etc/lbsync/lbsync.toml)"), mode=0o600)
+    }, "lbsync on the lab's LB (on a real LB: /etc/lbsync/lbsync.toml)") + "\n" + _toml({
+        "health_path": "/", "status_listen": f"{env['LB_IP']}:{env['STATUS_PORT']}",
+    }, None, "daemon"), mode=0o600)
     _serf_json(lab / "lb" / "serf.json", key, token, lab / "lb" / "serf.snapshot")
 
 

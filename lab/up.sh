@@ -10,8 +10,10 @@ if ! tool alive "$LAB_DIR/lb/serf.pid"; then  # choose ports now; later scripts 
     LB_SERF_PORT=$(tool free-port "$LB_IP" "$LB_SERF_PORT")
     LB_RPC_PORT=$(tool free-port "$LB_IP" "$LB_RPC_PORT")
     tool alive "$LAB_DIR/nginx/nginx.pid" || HTTP_PORT=$(tool free-port "$LB_IP" "$HTTP_PORT")
-    printf 'LB_IP=%s\nLB_SERF_PORT=%s\nLB_RPC_PORT=%s\nHTTP_PORT=%s\nLAB_NET=%s\nLAB_MODE=%s\n' \
-        "$LB_IP" "$LB_SERF_PORT" "$LB_RPC_PORT" "$HTTP_PORT" "$LAB_NET" "$LAB_MODE" > "$LAB_DIR/lab.env"
+    STATUS_PORT=$(tool free-port "$LB_IP" "$STATUS_PORT")
+    printf 'LB_IP=%s\nLB_SERF_PORT=%s\nLB_RPC_PORT=%s\nHTTP_PORT=%s\nSTATUS_PORT=%s\nLAB_NET=%s\nLAB_MODE=%s\n' \
+        "$LB_IP" "$LB_SERF_PORT" "$LB_RPC_PORT" "$HTTP_PORT" "$STATUS_PORT" "$LAB_NET" "$LAB_MODE" \
+        > "$LAB_DIR/lab.env"
 else
     running=$(sed -n 's/^LAB_MODE=//p' "$LAB_DIR/lab.env" 2>/dev/null)
     [ "${running:-hook}" = "$LAB_MODE" ] ||

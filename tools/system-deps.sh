@@ -14,6 +14,10 @@ dpkg -s lua-cjson >/dev/null 2>&1 || need="$need lua-cjson"
 command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
+# the status page test: a real headless Chromium driven by chromedriver, with a font to render
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need="$need fonts-dejavu-core"
 # tests: `vagrant validate` checks the Vagrantfile; systemd-analyze verifies the shipped units
 command -v vagrant >/dev/null 2>&1 || need="$need vagrant"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"

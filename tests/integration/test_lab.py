@@ -78,7 +78,7 @@ def test_lab_boot_drain_kill_reboot_and_down(lab):
     wait_until(lambda: lab.served() == {"serf-web1", "serf-web3"}, ROUTE_TIMEOUT, "web3 back in rotation")
 
     recorded = lab.pids()
-    assert len(recorded) == 8, recorded  # nginx, LB serf; web1 and web3: web server, agent, serf
+    assert len(recorded) == 9, recorded  # nginx, LB serf, lbsync run; web1 and web3: web server, agent, serf
     lab.sh("down.sh")
     assert [pid for pid in recorded if _running(pid)] == [], "processes left behind by down.sh"
 

@@ -94,7 +94,7 @@ def running_lab(tmp_path: Path, net: str) -> Iterator[Lab]:
     lab_dir = tmp_path / "lab"
     env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": net, "PYTHON": sys.executable,
            "LB_IP": "127.0.0.1", "LB_SERF_PORT": str(free_port()), "LB_RPC_PORT": str(free_port()),
-           "HTTP_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{net}.1")),
+           "HTTP_PORT": str(free_port()), "STATUS_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{net}.1")),
            "WEB_SERF_PORT": str(free_port(f"{net}.1")), "WEB_RPC_PORT": str(free_port(f"{net}.1"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
     lab = Lab(lab_dir, env)
