@@ -25,6 +25,7 @@ from .rules import (
     gossip_key,
     hash_key,
     host_with_port,
+    http_url,
     integer,
     listed,
     name_template,
@@ -180,7 +181,7 @@ class AutoscaleSettings(Checked):
     user_data_template: str = spec("", text)  # default: the package's cloud-init.yaml.j2
     secrets_dir: str = spec("/etc/lbsync/secrets", text)  # serf.key and rpc.token, copied to new nodes
     # -- the cloud (secrets: EC2_*/AWS_* or ~/.aws, CLOUDSTACK_KEY/SECRET, clouds.yaml) --
-    endpoint_url: str = spec("", text)  # http(s) URL: EC2-compatible/Eucalyptus or CloudStack API
+    endpoint_url: str = spec("", optional(http_url))  # EC2-compatible/Eucalyptus or CloudStack API
     region: str = spec("", text)  # ec2 region (default AWS_DEFAULT_REGION or us-east-1); openstack region
     cloud: str = spec("", text)  # openstack: the clouds.yaml entry
     image: str = spec("", text)  # AMI/EMI id, CloudStack template id, OpenStack image id

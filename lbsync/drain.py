@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from .config import AgentSettings
+from .errors import SourceError
 
 log = logging.getLogger("lbsync")
 
@@ -23,6 +24,7 @@ POLL = 0.1  # how often the wait looks at the stop flag and the drain signal
 def drain(client, agent: AgentSettings, pause: Callable[[float], None], urgent: Callable[[], bool]) -> None:
     """Tag drain=1, then wait (bounded) until the LB has stopped sending us new requests."""
     client.tags(set={"drain": "1"})
+    push_state(client, agent)
     source = f"access log {agent.log_file}" if agent.log_file else f"connections to port {agent.port}"
     log.info("draining: drain=1 set; waiting for %g s without a new request (%s), at most %g s",
              agent.drain_quiet, source, agent.drain_timeout)
@@ -36,6 +38,18 @@ def drain(client, agent: AgentSettings, pause: Callable[[float], None], urgent: 
         log.warning("second signal: leaving now without waiting for the drain")
     else:
         log.warning("drain timeout: requests still arrived after %g s; leaving anyway", took)
+
+
+def push_state(client, agent: AgentSettings) -> None:
+    """Join the LB again: a join is a full state exchange, so the LB learns of drain=1 now.
+
+    Serf gossips a tag update, but seen here: now and then the LB missed it until the next
+    periodic push-pull, 10-17 s later, and kept sending a node that wanted to drain.
+    """
+    try:
+        client.join(list(agent.join))
+    except SourceError as exc:
+        log.warning("drain=1 set, but telling the LB at once failed (%s); it learns by gossip", exc)
 
 
 def wait_quiet(probe: Callable[[], object], quiet: float, timeout: float,

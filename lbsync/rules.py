@@ -170,6 +170,16 @@ def gossip_key(value: Any) -> str:
     return value
 
 
+def http_url(value: Any) -> str:
+    """An http(s) URL with a host, e.g. an API endpoint ('' is left to optional())."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text(value))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    return value
+
+
 def nginx_path(value: Any) -> str:
     """An absolute path nginx reads unquoted: no whitespace, quotes, backslashes, ;{}$ or #."""
     if not text(value).startswith("/") or any(ch.isspace() or ch in "'\"\\;{}$#" for ch in value):
