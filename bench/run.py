@@ -28,7 +28,8 @@ LBSYNC = COLUMNS[:4]
 HEADERS = ("scenario", *COLUMNS, "n/handle", "n/run", "n/h-live", "n/r-live", "handle/h-live", "run/r-live")
 LEGEND = ("n/X: the naive peer's figure over column X's; handle/h-live, run/r-live: the reload driver's "
           "over the live driver's (> 1: the denominator took less time, reloaded less or failed less)")
-# (label, scenario, path into its result); a list length is shown for list values
+# (label, scenario, path into its result); a list length is shown for list values. Rows in
+# NO_RATIOS describe the workload or Serf, not what follows it: their ratios would mislead.
 SCENARIO_ROWS = (
     ("join -> routable p50 (ms)", "join_leave", ("join_ms", "p50")),
     ("join -> routable p90 (ms)", "join_leave", ("join_ms", "p90")),
@@ -66,6 +67,10 @@ SCENARIO_ROWS = (
 )
 
 
+NO_RATIOS = {"burst: LB agent knew all 50 after (ms)", "churn {s} s: membership events",
+             "churn {s} s: keep-alive requests sent", "churn {s} s: fresh-connection requests sent"}
+
+
 def dig(data: dict | None, path: tuple[str, ...]):
     """data[p0][p1]...; None when any step is missing; a list becomes its length."""
     for key in path:
@@ -79,10 +84,10 @@ def _number(value) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def with_ratios(label: str, values: dict[str, object]) -> list:
-    """One table row: the label, a value per column (missing: None), then the ratios."""
+def with_ratios(label: str, values: dict[str, object], ratios: bool = True) -> list:
+    """One table row: the label, a value per column (missing: None), then the ratios (or none)."""
     cells = [values.get(column) for column in COLUMNS]
-    n = {column: _number(values.get(column)) for column in COLUMNS}
+    n = {column: _number(values.get(column)) if ratios else None for column in COLUMNS}
     ratios = [ratio(n["naive"], n[column]) for column in LBSYNC]
     ratios += [ratio(n["handle"], n["handle-live"]), ratio(n["run"], n["run-live"])]
     return [label, *cells, *ratios]
@@ -107,7 +112,7 @@ def scenario_rows(modes: dict[str, dict]) -> list[list]:
             values[column] = value
         if all(v is None for v in values.values()):
             continue  # a scenario this profile does not run
-        rows.append(with_ratios(label.format(s=f"{seconds:g}" if seconds else "?"), values))
+        rows.append(with_ratios(label.format(s=f"{seconds:g}" if seconds else "?"), values, label not in NO_RATIOS))
     return rows
 
 
@@ -125,12 +130,11 @@ def handle_rows(cost: dict | None) -> list[list]:
             values = {column: dig(by_driver.get(driver), (path, "p50"))
                       for column, driver in (("handle", "reload"), ("handle-live", "live"))}
             rows.append(with_ratios(f"handle, {size} members ({where}): {what} p50 (ms)", values))
-        for driver, column in (("reload", "handle"), ("live", "handle-live")):
-            paths = by_driver.get(driver) or {}
-            if "in_process_unchanged_ms" in paths:
-                both = (paths["in_process_unchanged_ms"]["p50"], paths["in_process_changed_ms"]["p50"])
-                rows.append(with_ratios(f"reconcile() in process, {size}, {driver}: unchanged/changed p50 (ms)",
-                                        {column: f"{both[0]}/{both[1]}"}))
+        for path, what in (("in_process_unchanged_ms", "unchanged"), ("in_process_changed_ms", "changed")):
+            values = {column: dig(by_driver.get(driver), (path, "p50"))
+                      for column, driver in (("handle", "reload"), ("handle-live", "live"))}
+            if any(v is not None for v in values.values()):
+                rows.append(with_ratios(f"reconcile() in process, {size} members: {what} p50 (ms)", values))
     start = agents["start"]
     rows.append(with_ratios("handle start, non-member event p50 (ms)",
                             {"handle": start["handle_non_member_event_ms"]["p50"]}))

@@ -1,8 +1,9 @@
-"""Many web agents at once (issue 7, `--full` only): 100 nodes join together (see SIZES).
+"""Many web agents at once (issues 7 and 11, `--full` only): 100 nodes join together (see SIZES).
 
 For each size, a fresh lab in each mode; all agents join in parallel; measured: time until every
-node has answered through nginx, nginx reloads, whether the upstream is exact, and what the LB
-side spent meanwhile: CPU seconds of the LB's Serf agent including its handler children (the
+node has answered through nginx (a pipelined sweep, as for the burst), from the joins and from
+the moment the LB's own agent knew all of them, nginx reloads, whether the upstream is exact,
+and what the LB side spent meanwhile: CPU seconds of the LB's Serf agent including its handler children (the
 hook), of `lbsync run` (the daemon) and of nginx's master with its finished children, plus RSS.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from benchlab import BenchLab, make_lab, nodes_for, now
 from common import emit
 from kit.procs import Processes
-from probes import exactness, settle
+from probes import KnowWatcher, Sweeper, exactness, settle
 
 DEADLINE = 60.0
 SEEDS = 20
@@ -70,25 +71,34 @@ def scale_once(mode: str, size: int, workdir: Path) -> dict:
         for node in nodes:
             lab.start_agent(node)
         reloads, cpu = lab.reloads(), lb_cpu(lab)
+        names = {n.name for n in nodes}
+        watcher = KnowWatcher(lab, names, {n.endpoint for n in nodes})
+        sweeper = Sweeper(lab.nginx.port, go=watcher.knew_event).start()  # sweeps once the LB knew all
         start = now()
+        watcher.start()
         retries = join_fleet(lab, nodes)
-        pending, last = {n.name for n in nodes}, None
-        while pending and now() - start < DEADLINE:
-            answer = lab.served()
-            if answer in pending:
-                pending.discard(answer)
-                last = now() - start
+        routable = sweeper.wait_for(names, start + DEADLINE)
+        sweeper.stop()
+        watcher.join(2.0 if routable else 0.1)
+        watcher.stop()
         settle(lab)
         spent = {k: round(v - cpu[k], 2) for k, v in lb_cpu(lab).items()}
-        return {"mode": mode, "nodes": size,
-                "all_routable_ms": round(last * 1000, 1) if not pending else None,
-                "never_routed": len(pending), "reloads": lab.reloads() - reloads, "join_retries": retries,
+        knew = watcher.knew
+        return {"mode": mode, "nodes": size, "all_routable_ms": _ms(routable, start),
+                "lb_knew_all_ms": _ms(knew, start), "knew_to_routable_ms": _ms(routable, knew),
+                "knew_to_pool_ms": _ms(watcher.pooled, knew), "never_routed": len(names - set(sweeper.first)),
+                "reloads": lab.reloads() - reloads,
+                "join_retries": retries,
                 **exactness(lab, sorted(n.endpoint for n in nodes)), "lb_cpu_seconds": spent,
                 "lb_rss_mb": lb_rss(lab), "window_s": round(now() - start, 1)}
     except Exception as exc:
         return {"mode": mode, "nodes": size, "error": f"{type(exc).__name__}: {exc}"}
     finally:
         procs.stop_all()
+
+
+def _ms(end: float | None, start: float | None) -> float | None:
+    return round((end - start) * 1000, 1) if end is not None and start is not None else None
 
 
 def run_scale(modes: list[str], sizes: tuple[int, ...], workdir: Path) -> dict:
@@ -98,5 +108,6 @@ def run_scale(modes: list[str], sizes: tuple[int, ...], workdir: Path) -> dict:
             result = scale_once(mode, size, workdir / f"scale-{mode}-{size}")
             out[f"{mode}-{size}"] = result
             print(f"   {mode}, {size} agents: all routable {result.get('all_routable_ms')} ms, "
-                  f"{result.get('reloads')} reloads, exact {result.get('upstream_exact')}", flush=True)
+                  f"{result.get('knew_to_routable_ms')} ms after the LB knew all, {result.get('reloads')} reloads, "
+                  f"exact {result.get('upstream_exact')}", flush=True)
     return emit("scale", out, "; ".join(f"{k}: {v.get('all_routable_ms')} ms" for k, v in out.items()))

@@ -115,7 +115,7 @@ def measure(keepalive: int, shape: dict, workdir: Path, wrk: str) -> dict:
         reloads, ports = lab.reloads(), {"live": lab.nginx.port, "static": static_port}
         master = lab.nginx.proc.pid
         for side in ("static", "live"):  # warm-up: connections, Lua code and JIT, caches
-            one_run(wrk, ports[side], 1, shape["connections"], master)
+            one_run(wrk, ports[side], 2, shape["connections"], master)
         runs: dict[str, list[dict]] = {"static": [], "live": []}
         for side in abba(shape["runs"]):
             runs[side].append(one_run(wrk, ports[side], shape["seconds"], shape["connections"], master))
@@ -125,6 +125,7 @@ def measure(keepalive: int, shape: dict, workdir: Path, wrk: str) -> dict:
             out[side] = {"rps_median": round(statistics.median(r["rps"] for r in results)),
                          "cpu_us_median": round(statistics.median(r["lb_cpu_us_per_request"] for r in results), 2),
                          "rps": [round(r["rps"]) for r in results],
+                         "cpu_us": [r["lb_cpu_us_per_request"] for r in results],
                          "errors": [r["errors"] for r in results if r["errors"]]}
         out["live_over_static"] = ratio(out["live"]["rps_median"], out["static"]["rps_median"])
         out["cpu_live_over_static"] = ratio(out["live"]["cpu_us_median"], out["static"]["cpu_us_median"])
