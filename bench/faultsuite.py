@@ -60,7 +60,8 @@ AFTER_REJOIN = 2.0  # seconds of requests after the agent knew the web nodes aga
 CASES = {
     "smoke": {"run-live": ("crash", "shadow", "squatter", "restart-snapshot"), "run": ("crash",)},
     "quick": {"run-live": ("crash", "shadow", "squatter", "restart-snapshot", "restart-no-snapshot"),
-              "handle-live": ("crash", "shadow", "restart-snapshot"), "run": ("crash",), "handle": ("crash",)},
+              "handle-live": ("crash", "shadow", "squatter", "restart-snapshot"), "run": ("crash",),
+              "handle": ("crash",)},
     "full": {"run-live": ("crash", "shadow", "squatter", "restart-snapshot", "restart-no-snapshot"),
              "handle-live": ("crash", "shadow", "squatter", "restart-snapshot", "restart-no-snapshot"),
              "run": ("crash",), "handle": ("crash",)},
