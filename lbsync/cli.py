@@ -229,6 +229,8 @@ def _commands() -> dict[str, tuple[Callable, str, Callable[[argparse.ArgumentPar
                   "web node: join the cluster with role/port/weight tags; drain on SIGTERM", _agent_options),
         "autoscale": (_lazy("scaler", "run_autoscaler"), "scale the web pool on fleet load with operator commands",
                       _autoscale_options),
+        "check": (_lazy("paircheck", "run_check"), "LB pair: keepalived's track script; exit 1 when this LB's "
+                  "data plane has been stale past pair_grace while the peer serves the right pool", _no_options),
         "install": (INSTALL, "put lbsync's files in place on an LB or web host; report what changed",
                     _install_options),
     }

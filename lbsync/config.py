@@ -240,6 +240,8 @@ class Settings(Checked):
     state_dir: str = spec("/var/lib/lbsync", text)
     log_level: str = spec("info", choice(*LOG_LEVELS))
     syslog: bool = spec(True, rules.boolean)
+    vip: str = spec("", optional(network))  # ADDR/PREFIX of an LB pair's floating address; empty: no pair
+    pair_grace: float = spec(10.0, number(0, 3600))  # nginx may hold another pool this long before `check` fails
     agent: AgentSettings = field(default_factory=AgentSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from . import state
+from . import pair, state
 from .drivers.base import Driver, choose
 from .files import locked
 from .guard import Memory, hold
@@ -51,6 +51,7 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
         if applied.outcome is not Outcome.DRY_RUN:
             done = time.monotonic()
             state.record_sync(settings, result, (done - started, done - applying))
+            pair.publish(settings, plan)  # an LB pair's pool digest as a Serf tag; nothing without `vip`
     return result
 
 
