@@ -25,6 +25,8 @@ from .errors import ConfigError, LbsyncError
 from .hostfiles import Target, apply
 from .keys import secrets_for
 from .layers import load_text
+from .pairfiles import add_arguments as add_pair_arguments
+from .pairfiles import lb_additions
 from .rules import DEFAULT_RPC_ADDR as RPC_ADDR
 from .rules import SERF_PORT, split_hostport
 
@@ -64,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--root", default="/", help="install under this directory instead of /")
     add("--serf-bin", default="serf", help="serf binary for `serf keygen`")
     add("--dry-run", action="store_true", help="report what would change; write nothing")
+    add_pair_arguments(add)
 
 
 def run_install(settings: Settings | None, args: argparse.Namespace) -> int:
@@ -88,6 +91,8 @@ def plan(args: argparse.Namespace) -> list[Target]:
         raise ConfigError("--network is required for an LB: the CIDR(s) web nodes live in")
     if args.role == "web" and not args.join:
         raise ConfigError("--join is required for a web node: the LB address(es)")
+    if args.role == "web" and (args.vip or args.peer):
+        raise ConfigError("--vip and --peer are for an LB pair (--role lb)")
     handlers = Path(args.handlers)
     if not (handlers / "serf").is_dir():
         raise ConfigError(f"--handlers {handlers}: no serf/ inside; point it at lbsync's handlers/")
@@ -112,8 +117,10 @@ def plan(args: argparse.Namespace) -> list[Target]:
 def _lb_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, list[Target]]:
     """Serf with role=lb (and the hook in hook mode), the nginx front end, lbsync's config."""
     listen, own = _listen(args.listen or ["80"], ip)
+    pair_keys, vip_listen, pair_files = lb_additions(args, ip, listen)  # keepalived and the VIP, with --vip
     config = _toml({"rpc_addr": RPC_ADDR, "rpc_auth": keys["rpc.token"], "output": UPSTREAM,
-                    "allowed_networks": [str(_network(cidr)) for cidr in args.network], "lb_listen": own},
+                    "allowed_networks": [str(_network(cidr)) for cidr in args.network],
+                    "lb_listen": own + vip_listen, **pair_keys},
                    daemon={"health_path": "/"})  # safe default: a hung or dead node is out in ~1.5 s
     settings = _checked(config, args.role)
     hook = _read(handlers / "serf/lbsync-hook.json") if args.mode == "hook" else None
@@ -127,6 +134,7 @@ def _lb_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, 
         Target("/etc/nginx/modules-enabled/50-lbsync-main.conf", _read(PACKAGE_TEMPLATES / "lbs_main.conf")),
         Target(f"{ERROR_ROOT}/lbs_503.html", _read(PACKAGE_TEMPLATES / "lbs_503.html")),
         Target(DEFAULT_SITE, None),
+        *pair_files,
     ]
 
 
