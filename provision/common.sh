@@ -4,6 +4,7 @@
 # venv, no systemctl. That is how the tests check provisioning without VMs or root paths.
 
 ROOT="" NAME="" IP="" JOIN="" NETWORK="" SECRETS="" MODE="hook" PORT="80" LISTEN="80" WHEELS=""
+VIP="" PEERS="" PRIORITY="" VIP_IF=""  # an LB pair (lb.sh): floating address, other LB(s), VRRP priority
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 VENV=/opt/lbsync
@@ -25,6 +26,10 @@ parse_args() {
             --listen) LISTEN=$2 ;;
             --src) SRC=$2 ;;
             --wheels) WHEELS=$2 ;;
+            --vip) VIP=$2 ;;
+            --peer) PEERS="$PEERS --peer $2" ;;
+            --priority) PRIORITY=$2 ;;
+            --vip-interface) VIP_IF=$2 ;;
             *) die "unknown option $1" ;;
         esac
         shift 2

@@ -5,6 +5,7 @@ is installed (tools/system-deps.sh; the host test runs it on the installed file 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import stat
@@ -19,6 +20,7 @@ from lbsync.errors import ConfigError
 from lbsync.hostfiles import apply
 from lbsync.layers import load
 
+ROOT = Path(__file__).resolve().parents[2]
 VIP = "192.168.56.100/24"
 
 
@@ -143,3 +145,19 @@ def test_keepalived_accepts_the_rendered_config(tmp_path, secrets, version):
     test_conf.write_text(conf.replace(pairfiles.LBSYNC_BIN, shutil.which("true") or "/bin/true"))
     done = subprocess.run([binary, "-t", "-f", str(test_conf)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_provision_lb_sh_passes_the_pair_flags_to_install(tmp_path, secrets):
+    """The Vagrant pair's lb2 line (provision/plan.rb with LB_NODES=2), files only (--root)."""
+    root = tmp_path / "lb2"
+    argv = ["sh", str(ROOT / "provision/lb.sh"), "--root", str(root), "--name", "lb2", "--ip", "192.168.56.9",
+            "--network", "192.168.56.0/24", "--secrets", str(secrets), "--join", "192.168.56.10", "--vip", VIP,
+            "--peer", "192.168.56.10", "--priority", "90", "--vip-interface", "eth1"]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"created {pairfiles.KEEPALIVED_CONF}" in done.stdout
+    conf = (root / pairfiles.KEEPALIVED_CONF.lstrip("/")).read_text()
+    assert "priority 90" in conf and "unicast_src_ip 192.168.56.9" in conf and "192.168.56.10\n" in conf
+    refused = subprocess.run(argv[:-8] + ["--peer", "192.168.56.10"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 64 and "add --vip" in refused.stderr
