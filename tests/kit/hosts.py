@@ -298,6 +298,7 @@ class Host:
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,12}", name):
             raise ValueError(f"host name {name!r}: lower-case letters, digits, '-', at most 13")
         self.name, self.ip, self.image = name, ip, image
+        self.prefixlen = network.subnet.prefixlen
         self.machine = self.netns = f"{run_id}-{name}"
         self.dir = workdir / name
         self.upper = self.dir / "upper"
@@ -320,6 +321,9 @@ class Host:
                 f"--directory={self.image}", f"--overlay={self.image}:{self.upper}:/",
                 f"--machine={self.machine}", f"--hostname={self.name}",
                 f"--network-namespace-path={NETNS / self.netns}",
+                # its own network namespace, so it may configure it (an LB pair's keepalived adds
+                # the VIP); nspawn grants this only for networks it made itself
+                "--capability=CAP_NET_ADMIN",
                 "--console=read-only", "--link-journal=no", "--resolv-conf=off", "--timezone=off"]
 
     def start(self) -> None:
@@ -330,6 +334,10 @@ class Host:
         self._write_identity()
         for cgroup in self.cgroups:
             cgroup.mkdir(parents=True, exist_ok=True)
+        # A machine boots with its own address only: what a killed host's programs added (an LB
+        # pair's VIP, which a crashed keepalived never removed) does not survive, as on hardware.
+        _sh("ip", "-n", self.netns, "addr", "flush", "dev", "eth0")
+        _sh("ip", "-n", self.netns, "addr", "add", f"{self.ip}/{self.prefixlen}", "dev", "eth0")
         _sh("ip", "-n", self.netns, "link", "set", "eth0", "up")
         with open(self.dir / "console.log", "ab") as log:
             self.proc = subprocess.Popen(["sh", "-c", JOIN_CGROUPS, "sh", *map(str, self.cgroups), "--",

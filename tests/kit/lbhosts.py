@@ -12,7 +12,8 @@ wheel and its dependencies', built on this machine.
   (`wheel-tools-<digest>/`), so a changed source costs a build of about 2 s, not a fresh env.
 - `make_secrets(dir)` makes the gossip key and RPC token the way plan.rb does, on this machine.
 - `Lab` boots `lb`, `web1..N`, further LBs and a `client` (which runs nothing of lbsync's) on one
-  `Hosts` run and provisions them: the first LB, then the others in parallel (they join it).
+  `Hosts` run and provisions them: the first LB, then the others in parallel (they join it). With
+  `vip=ADDR/PREFIX` the LBs are a pair: keepalived moves that address (kit.lbpair, issue 16).
   `converge()` waits until nginx on every LB serves every web host; `served(lb)` reads what nginx
   holds from its control socket. `ClientLoop` sends requests from `client` while a step runs.
 
@@ -137,7 +138,7 @@ def make_secrets(directory: Path) -> Path:
     made once on this machine like provision/plan.rb does for the Vagrant lab."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {"serf.key": base64.b64encode(secrets.token_bytes(32)).decode(),
-              "rpc.token": secrets.token_urlsafe(32)}
+              "rpc.token": secrets.token_urlsafe(32), "vrrp.pass": secrets.token_urlsafe(6)}
     for name, value in values.items():
         path = directory / name
         if not path.exists():
@@ -156,8 +157,8 @@ class Lab:
     mode=...)` runs a host's script again. `timings` holds seconds per step."""
 
     def __init__(self, hosts: Hosts, webs: int = 2, lbs: dict[str, str] | None = None, client: bool = True,
-                 secrets_dir: Path | None = None, subnet: str = SUBNET):
-        self.hosts, self.subnet, self.secrets = hosts, subnet, secrets_dir
+                 secrets_dir: Path | None = None, subnet: str = SUBNET, vip: str | None = None):
+        self.hosts, self.subnet, self.secrets, self.vip = hosts, subnet, secrets_dir, vip
         self.modes = dict(lbs or {"lb": "hook"})
         first, *others = self.modes
         self.names = [first, *(f"web{n}" for n in range(1, webs + 1)), *others] + (["client"] if client else [])
@@ -210,7 +211,15 @@ class Lab:
             return ["sh", f"{PROVISION}/web.sh", *common, "--join", self.lb.ip]
         join = ["--join", self.lb.ip] if host is not self.lb else []
         return ["sh", f"{PROVISION}/lb.sh", *common, "--network", self.subnet, "--mode", self.modes[host.name],
-                *join]
+                *join, *self.pair_args(host)]
+
+    def pair_args(self, host: Host) -> list[str]:
+        """With a `vip`: an LB pair (keepalived), the other LBs as VRRP peers; the first LB has the
+        higher priority, which decides only the first election (nopreempt)."""
+        if not self.vip:
+            return []
+        peers = [arg for lb in self.lbs if lb is not host for arg in ("--peer", lb.ip)]
+        return ["--vip", self.vip, *peers, "--priority", "100" if host is self.lb else "90"]
 
     def provision(self, host: Host, mode: str | None = None) -> str:
         """Run the host's provision script; its stdout. A failure raises HostError with the
