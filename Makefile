@@ -1,18 +1,31 @@
 # Every target installs what it needs first: system packages (apt), then a venv with lbsync.
+# The demo gets only what the demo needs; the tests and benchmarks get everything.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
+TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: deps test unit demo bench bench-full lint clean
+.PHONY: deps demo-deps test unit demo bench bench-full lint clean
 
-deps: $(STAMP)
+deps: $(TEST_STAMP)
 
-$(STAMP): pyproject.toml tools/system-deps.sh
-	./tools/system-deps.sh
+demo-deps: $(DEMO_STAMP)
+
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml tools/system-deps.sh
+	./tools/system-deps.sh demo
+	$(MAKE) $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
+$(TEST_STAMP): pyproject.toml tools/system-deps.sh
+	./tools/system-deps.sh test
+	$(MAKE) $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP) $(DEMO_STAMP)
 
 test: deps
 	$(PY) -m pytest
@@ -20,7 +33,7 @@ test: deps
 unit: deps
 	$(PY) -m pytest tests/unit
 
-demo: deps
+demo: demo-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./lab/demo.sh
 
 bench: deps  # the benchmarks build their LBs with the test kit (tests/kit)

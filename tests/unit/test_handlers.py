@@ -91,7 +91,8 @@ def test_serf_unit_drop_in_leaves_on_stop_and_does_not_undo_a_leave():
     assert service["KillSignal"] == "SIGINT" and service["Restart"] == "on-failure"
     snapshot_dirs = {os.path.dirname(serf_json(name)["snapshot_path"])
                      for name in ("lbsync-lb.json", "lbsync-web.json")}
-    assert snapshot_dirs == {"/var/lib/" + service["StateDirectory"]}
+    state_dirs = {"/var/lib/" + name for name in service["StateDirectory"].split()}
+    assert snapshot_dirs <= state_dirs and "/var/lib/lbsync" in state_dirs  # the hook's state too
 
 
 def test_lbsync_run_unit_follows_serf_and_nginx():
