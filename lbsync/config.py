@@ -114,7 +114,7 @@ class AgentSettings(Checked):
 class DaemonSettings(Checked):
     """`lbsync run`: how fast it follows Serf and how often it reloads nginx."""
 
-    poll_interval: float = spec(0.02, number(0, 60, low_open=True))  # Serf's stats: cheap change counters
+    poll_interval: float = spec(0.03, number(0, 60, low_open=True))  # Serf's stats: cheap change counters
     members_interval: float = spec(0.25, number(0, 60, low_open=True))  # the full list at least this often
     debounce_min: float = spec(0.02, number(0, 60))  # quiet after the last change: one unchanged poll
     debounce_max: float = spec(0.5, number(0, 60))  # never wait longer under continuous churn

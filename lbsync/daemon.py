@@ -73,6 +73,7 @@ class Daemon:
         self.client_factory, self.reconcile = client_factory, reconcile
         self.client: SerfClient | None = None
         self.records: list[dict] = []
+        self.records_key: tuple = ()  # member_key(records), kept with them
         self.seen: tuple | None = None  # (member key, unhealthy) last observed
         self.counters: tuple | None = None  # Serf's stats key at the last full poll
         self.next_members = 0.0
@@ -194,6 +195,7 @@ class Daemon:
             counters = stats_key(self.client.stats())
             if counters != self.counters or now >= self.next_members or self.debounce.forced:
                 self.records = self.client.members_filtered(tags={"role": self.settings.role})
+                self.records_key = member_key(self.records)  # once per fetch, not per tick
                 self.counters, self.next_members = counters, now + self.settings.daemon.members_interval
             return True
         except SourceError as exc:
@@ -219,7 +221,7 @@ class Daemon:
 
     def _observe(self, now: float) -> None:
         unhealthy = self.health.unhealthy() if self.health else frozenset()
-        inputs = (member_key(self.records), unhealthy)
+        inputs = (self.records_key, unhealthy)
         if inputs != self.seen:
             self.seen = inputs
             self.debounce.note(now)
