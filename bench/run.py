@@ -195,12 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-scenarios", action="store_true", help="skip the side-by-side scenarios")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the wrk throughput runs")
     parser.add_argument("--skip-faultsuite", action="store_true", help="skip the fault suite (issue 12)")
+    parser.add_argument("--skip-pair", action="store_true", help="skip the LB pair failover (issue 16; "
+                        "boots Debian hosts in containers)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     profile = "full" if args.full else "smoke" if args.smoke else "quick"
     try:  # the benchmarks build their LBs with the test kit
         import bench_handle
         import faultsuite
+        import pair
         import scenario_throughput
         import scenarios
         from kit.procs import require
@@ -251,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_faultsuite:
         print("-- fault suite (issue 12)", flush=True)
         data["faultsuite"] = part("faultsuite", lambda: faultsuite.main(profile, modes, workdir / "faults"))
+    if not args.skip_pair and profile != "smoke":
+        print("-- LB pair: failover of the VIP between two LBs (issue 16)", flush=True)
+        data["lb_pair"] = part("lb_pair", lambda: pair.main(profile))
     if profile == "full":
         import scenario_scale
 
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     data["seconds"] = round(time.monotonic() - started, 1)
     data["host"]["load_after"] = os.getloadavg()
     table = render_table(data.get("handle_cost"), data["modes"], data.get("scale"))
-    extra = [scenario_throughput.render(data.get("throughput")), faultsuite.render(data.get("faultsuite"))]
+    extra = [scenario_throughput.render(data.get("throughput")), faultsuite.render(data.get("faultsuite")),
+             pair.render(data.get("lb_pair"))]
     load = ", ".join(f"{x:.1f}" for x in data["host"]["load"])
     after = ", ".join(f"{x:.1f}" for x in data["host"]["load_after"])
     report = (f"\nlbsync bench ({profile}, {data['seconds']} s on {os.cpu_count()} CPUs, load average at start "

@@ -128,6 +128,8 @@ def _lb_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, 
         Target("/etc/serf/lbsync-lb.json", _read(handlers / "serf/lbsync-lb.json")),
         Target("/etc/serf/lbsync-hook.json", hook),
         Target(f"{SYSTEMD}/lbsync-run.service", _read(handlers / "systemd/lbsync-run.service")),
+        # the autoscaler runs only where an operator enables it (it acts on a cloud or commands)
+        Target(f"{SYSTEMD}/lbsync-autoscale.service", _read(handlers / "systemd/lbsync-autoscale.service")),
         Target("/etc/nginx/conf.d/lbs_site.conf", _site(listen, settings, args.read_timeout)),
         Target("/etc/tmpfiles.d/lbsync.conf", TMPFILES),
         Target(UPSTREAM, _empty_upstream(settings), keep=True),

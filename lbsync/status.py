@@ -32,6 +32,8 @@ subtract from `time`):
               size, fleet_load,
               warming: [names], removing: [names], last_out, last_in}
   events: [{time, kind, name, detail}]                # newest last; see `record` and `metrics`
+  pair: only with `vip` set (an LB pair): {vip, holds_vip, name, digest, peers: [{name, status, digest}],
+        agree, nginx_down, check, error}                # see paircheck.view
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def show_status(settings: Settings, args: argparse.Namespace) -> int:
     except SourceError as exc:
         error = str(exc)
     data = model(settings, records, serf_error=error)
+    if settings.vip:  # an LB pair: asked here, not in model(): an RPC and `ip` per call
+        from .paircheck import view
+
+        data["pair"] = view(settings)
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
     else:
@@ -260,6 +266,10 @@ def text(data: dict) -> str:
         lines.append(f"last failure: {ago(failure['time'], now)}: {printable(failure['error'])}")
     lines.append(_daemon_text(data["daemon"], now))
     lines.append(_autoscale_text(data["autoscale"], now))
+    if data.get("pair"):
+        from .paircheck import view_lines
+
+        lines += view_lines(data["pair"], now)
     events = data["events"][-TEXT_EVENTS:]
     if events:
         lines.append("recent events:")

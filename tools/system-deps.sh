@@ -28,6 +28,8 @@ if [ "$profile" = test ]; then
     # `vagrant validate` checks the Vagrantfile; systemd-analyze rates and verifies the units
     command -v vagrant >/dev/null 2>&1 || want vagrant
     command -v systemd-analyze >/dev/null 2>&1 || want systemd
+    # keepalived -t checks the LB pair's rendered config
+    command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || want keepalived
     # the benchmarks: wrk drives the throughput comparison
     command -v wrk >/dev/null 2>&1 || want wrk
 elif [ -n "${LAB_HOSTS:-}" ]; then

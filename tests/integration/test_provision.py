@@ -85,7 +85,7 @@ def test_provisioning_again_changes_nothing(roots):
                    "--network", NETWORK, "--listen", f"127.0.0.1:{roots.nginx_port}")
     web = provision("web.sh", roots.web, roots.secrets, "--name", "web1", "--ip", WEB_IP, "--join", LB_IP)
     assert lb.returncode == web.returncode == 0
-    assert "lbsync install: lb lb: changed 0 of 13 files" in lb.stdout
+    assert "lbsync install: lb lb: changed 0 of 14 files" in lb.stdout
     assert "lbsync install: web web1: changed 0 of 6 files" in web.stdout
     assert not [line for line in lb.stdout.splitlines() + web.stdout.splitlines()
                 if line.startswith(("created", "updated", "removed"))]
