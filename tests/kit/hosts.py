@@ -33,9 +33,8 @@ Build (or find) the image alone, e.g. in CI before the tests::
 
     PYTHONPATH=tests python3 -c "from kit.hosts import base_image; print(base_image())"
 
-From a script (lab/ can do the same)::
+From a script run with tests/ on PYTHONPATH (as lab/env.sh and `make bench` put it)::
 
-    import sys; sys.path.insert(0, "tests")
     from kit.hosts import Hosts
     with Hosts() as hosts:                    # builds or reuses the image, sweeps dead runs
         lb, web1 = hosts.boot("lb", "web1")   # boots in parallel, waits for running/degraded
