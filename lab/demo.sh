@@ -15,7 +15,7 @@ require serf nginx
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 members() {
     # the token travels in the environment (SERF_RPC_AUTH), never on a command line ps can show
-    echo "\$ SERF_RPC_AUTH=\$(lab/labtool.py token $LAB_DIR) serf members -rpc-addr $LB_IP:$LB_RPC_PORT"
+    echo "\$ SERF_RPC_AUTH=\$($PYTHON lab/labtool.py token $LAB_DIR) serf members -rpc-addr $LB_IP:$LB_RPC_PORT"
     SERF_RPC_AUTH="$(tool token "$LAB_DIR")" serf members -rpc-addr "$LB_IP:$LB_RPC_PORT" | sed 's/^/   /'
 }
 # The console script by its full path (make demo's venv is not on the reader's PATH).
