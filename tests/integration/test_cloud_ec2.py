@@ -24,8 +24,8 @@ from lbsync.providers import open_provider
 from lbsync.scaler import Scaler
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("libcloud")
-pytest.importorskip("moto")
+import libcloud  # noqa: E402,F401  (the test extra installs libcloud and moto: missing is a failure)
+import moto.server  # noqa: E402,F401
 
 SHIM = Path(__file__).resolve().parent / "scripts" / "moto_ec2.py"
 AMI = "ami-12c6146b"  # one of the images moto ships

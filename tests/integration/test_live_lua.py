@@ -41,7 +41,8 @@ DIGEST = "0123456789abcdef0123456789abcdef"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 if not (Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists() and os.path.exists(NGINX)):
-    pytest.skip("nginx with libnginx-mod-http-lua is not installed", allow_module_level=True)
+    # `make test` installs both: a missing one is a failure, never a silent skip
+    raise RuntimeError("nginx with libnginx-mod-http-lua is not installed: run `make test` (tools/system-deps.sh)")
 
 
 # -- backends ------------------------------------------------------------------------------------

@@ -131,7 +131,6 @@ def test_credentials_chain_eucarc_then_environment_then_shared_file(tmp_path):
 
 
 def test_open_provider_builds_the_eucalyptus_driver_from_eucarc(tmp_path, monkeypatch):
-    pytest.importorskip("libcloud")
     monkeypatch.setenv("EC2_URL", "http://127.0.0.1:8773/services/Eucalyptus")
     monkeypatch.setenv("EC2_ACCESS_KEY", "EK")
     monkeypatch.setenv("EC2_SECRET_KEY", "ES")
