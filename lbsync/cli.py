@@ -257,17 +257,6 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]
         parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", help=help_text)
 
 
-def _stderr_is_journal() -> bool:
-    """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr is the journal. A Serf
-    hook inherits the variable from serf.service but writes to serf's pipe: compare, not just test."""
-    try:
-        device, inode = (int(part) for part in os.environ.get("JOURNAL_STREAM", "").split(":"))
-        info = os.fstat(2)
-    except (ValueError, OSError):
-        return False
-    return (info.st_dev, info.st_ino) == (device, inode)
-
-
 def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
     """Settings given on the command line, and the flag that gave each (for error messages)."""
     flag_of = {key: flag for flag, (key, _) in {**COMMON_FLAGS, **AGENT_FLAGS}.items()}
@@ -289,7 +278,9 @@ def _setup_logging(verbose: bool, syslog: bool) -> None:
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logging.Formatter("lbsync: %(levelname)s: %(message)s"))
     root.handlers[:] = [stderr]
-    if syslog and not _stderr_is_journal() and os.path.exists("/dev/log"):
+    from .sdnotify import stderr_is_journal
+
+    if syslog and not stderr_is_journal() and os.path.exists("/dev/log"):
         from logging.handlers import SysLogHandler  # only where syslog is: it imports socket
 
         try:

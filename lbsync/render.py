@@ -57,6 +57,16 @@ def managed(template: str | Path, context: dict[str, Any], inputs: str) -> str:
     return HEADER.format(inputs=inputs, body=digest(body)) + body
 
 
+def replacement(template: str | Path, context: dict[str, Any], live: str | None) -> str | None:
+    """The managed file `live` must become, or None when it already is exactly that. Jinja2 is
+    imported only when the header says the inputs or the body changed."""
+    inputs = fingerprint(template, context)
+    if is_current(live, inputs):
+        return None
+    text = managed(template, context, inputs)
+    return None if text == live else text
+
+
 def is_current(live: str | None, inputs: str) -> bool:
     """True when `live` is exactly what inputs with this fingerprint render to, body untouched."""
     if live is None:

@@ -35,7 +35,7 @@ from .members import select
 from .providers import Instance, Provider, ProviderError, open_provider
 from .providers.base import with_retries
 from .rules import DECIMAL_RE, printable
-from .sdnotify import notify
+from .sdnotify import notify, stderr_is_journal
 from .serf import connect
 
 log = logging.getLogger("lbsync")
@@ -62,7 +62,7 @@ def run_autoscaler(settings: Settings, args: object) -> int:
 def timestamped_logs(environ: dict | os._Environ = os.environ) -> None:
     """A long-running autoscaler's log is read later (a file under the lab, cron's mail): every
     line carries its time. Under systemd the journal stamps lines itself; syslog does too."""
-    if "JOURNAL_STREAM" in environ:
+    if stderr_is_journal(environ):
         return
     from logging.handlers import SysLogHandler
 

@@ -1,4 +1,4 @@
-"""sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET, a no-op outside systemd.
+"""Talking to systemd without a dependency: sd_notify(3) and whether stderr is the journal.
 
 `Type=notify` units start dependants only after READY=1, and `systemctl status` shows STATUS=.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 
 def notify(*lines: str) -> bool:
@@ -23,3 +24,14 @@ def notify(*lines: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def stderr_is_journal(environ: Mapping[str, str] = os.environ) -> bool:
+    """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr is the journal. A Serf
+    hook inherits the variable from serf.service but writes to serf's pipe: compare, not just test."""
+    try:
+        device, inode = (int(part) for part in environ.get("JOURNAL_STREAM", "").split(":"))
+        info = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)

@@ -30,7 +30,7 @@ from .. import __version__, control
 from ..errors import InstallError, PushError
 from ..files import read_text, write_atomic
 from ..plan import PUSHED, RELOADED, Applied, Outcome, Plan, Served
-from ..render import fingerprint, is_current, managed
+from ..render import replacement
 from .reload import ReloadDriver, unified_diff
 
 if TYPE_CHECKING:
@@ -137,13 +137,7 @@ class LiveDriver:
 
     def _structure_candidate(self) -> str | None:
         """The new http-level file when the live one differs from what the settings render to."""
-        template, values = self.settings.live_template, self._context()
-        inputs = fingerprint(template, values)
-        live = read_text(self.files.output)
-        if is_current(live, inputs):
-            return None
-        text = managed(template, values, inputs)
-        return None if text == live else text
+        return replacement(self.settings.live_template, self._context(), read_text(self.files.output))
 
     def _context(self) -> dict:
         s = self.settings

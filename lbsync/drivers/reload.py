@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import LbsyncError, NginxError
 from ..files import mark, read_text, swap_in, unmark, write_atomic
 from ..plan import RELOADED, Applied, Outcome, Plan, Served
-from ..render import fingerprint, is_current, managed
+from ..render import fingerprint, managed, replacement
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -29,8 +29,8 @@ log = logging.getLogger("lbsync")
 
 @dataclass(frozen=True)
 class Candidate:
-    """What the plan renders to. `current`: the live file already holds exactly that, and then
-    `text` is None unless it had to be rendered to find out (Jinja2 not imported otherwise)."""
+    """What the plan renders to. `current`: the live file already holds exactly that (then `text`
+    is None); otherwise `text` is the file to install."""
 
     current: bool
     text: str | None = None
@@ -52,12 +52,8 @@ def context(plan: Plan) -> dict:
 
 def candidate_for(plan: Plan, live: str | None) -> Candidate:
     """Compare `live` with what `plan` renders to, rendering only when the header says it differs."""
-    template, values = plan.structure.template, context(plan)
-    inputs = fingerprint(template, values)
-    if is_current(live, inputs):
-        return Candidate(current=True)
-    text = managed(template, values, inputs)
-    return Candidate(current=text == live, text=text)
+    text = replacement(plan.structure.template, context(plan), live)
+    return Candidate(current=text is None, text=text)
 
 
 def render_upstream(plan: Plan) -> str:

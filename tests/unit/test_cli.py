@@ -64,14 +64,14 @@ def test_not_allowed_is_exit_77_with_one_line_not_a_traceback(tmp_path):
 
 def test_syslog_is_skipped_only_when_stderr_really_is_the_journal(tmp_path):
     """A hook inherits serf.service's JOURNAL_STREAM but writes to serf's pipe: it must keep syslog."""
-    from lbsync import cli
+    from lbsync.sdnotify import stderr_is_journal
 
     info = os.fstat(2)
     os.environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
     try:
-        assert cli._stderr_is_journal()
+        assert stderr_is_journal()
         os.environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino + 1}"
-        assert not cli._stderr_is_journal()
+        assert not stderr_is_journal()
     finally:
         del os.environ["JOURNAL_STREAM"]
-    assert not cli._stderr_is_journal()
+    assert not stderr_is_journal()
