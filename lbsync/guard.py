@@ -31,7 +31,11 @@ class Memory:
 
     @classmethod
     def recall(cls, state_dir: str) -> Memory:
-        data = state.read(state_dir, state.LAST_SYNC) or {}
+        return cls.of(state.read(state_dir, state.LAST_SYNC) or {})
+
+    @classmethod
+    def of(cls, data: dict) -> Memory:
+        """From last_sync.json's content, already read."""
         pool, endpoints = data.get("pool"), data.get("endpoints")
         since = data.get("collapse_since")
         return cls(pool if isinstance(pool, dict) else {}, endpoints if isinstance(endpoints, dict) else {},

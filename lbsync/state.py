@@ -49,17 +49,20 @@ def write(state_dir: str, name: str, data: dict, durable: bool = False) -> None:
     write_atomic(path(state_dir, name), json.dumps(data, separators=(",", ":")), durable=durable)
 
 
-def record_sync(settings: Settings, result: SyncResult, seconds: tuple[float, float | None] | None = None) -> None:
+def record_sync(settings: Settings, result: SyncResult, seconds: tuple[float, float | None] | None = None,
+                before: dict | None = None) -> None:
     """The last reconcile's result, for `lbsync status` and for the next run's guard (the pool as
     records, who held each endpoint, a collapse being held), plus each member's state and since
     when, recent events and the host's counters (`record`); a failure here never fails the sync.
 
-    `seconds`: how long the reconcile and its apply step took (for the duration histograms)."""
+    `seconds`: how long the reconcile and its apply step took (for the duration histograms);
+    `before`: last_sync.json as the run already read it (read here when None)."""
     from . import record
     from .members import to_record
 
     now = time.time()
-    before = read(settings.state_dir, LAST_SYNC) or {}
+    if before is None:
+        before = read(settings.state_dir, LAST_SYNC) or {}
     previous = record.mapping(before, "members")
     members = record.since(previous, record.labels(result), now)
     skipped = {s.name: s.reason for s in result.skipped}

@@ -35,7 +35,8 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
     started = time.monotonic()
     with contextlib.nullcontext() if dry_run else locked(settings.lock_file, settings.lock_timeout):
         try:
-            memory = Memory.recall(settings.state_dir)
+            last = state.read(settings.state_dir, state.LAST_SYNC) or {}  # read once: guard and record
+            memory = Memory.of(last)
             records, held = hold(source.members(), memory, time.time(), settings.collapse_grace)  # snapshot
             selection = select(records, settings, memory.endpoints)
             log_skips(selection)
@@ -50,7 +51,7 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
                             selection, applied.action, held)
         if applied.outcome is not Outcome.DRY_RUN:
             done = time.monotonic()
-            state.record_sync(settings, result, (done - started, done - applying))
+            state.record_sync(settings, result, (done - started, done - applying), last)
             pair.publish(settings, plan)  # an LB pair's pool digest as a Serf tag; nothing without `vip`
     return result
 
