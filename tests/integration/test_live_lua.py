@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -171,9 +172,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class LiveNginx:
     """A real nginx under `root`: the shipped site and the live upstream template, 2 workers."""
 
-    def __init__(self, procs: Processes, root: Path, algorithm: str = "round_robin",
+    def __init__(self, procs: Processes, root: Path, error_root: Path, algorithm: str = "round_robin",
                  keepalive: int = 16, hash_key: str = "$request_uri"):
-        self.procs, self.prefix = procs, root / "nginx"
+        self.procs, self.prefix, self.error_root = procs, root / "nginx", error_root
         self.algorithm, self.keepalive, self.hash_key = algorithm, keepalive, hash_key
         self.port = free_port()
         self.run = root / "run"              # root-only, like /run/lbsync
@@ -201,11 +202,10 @@ class LiveNginx:
         os.chmod(self.run, 0o700)
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        # reuseport: the kernel spreads fresh connections over both workers. The 503 page is
-        # served from the package: the workers (nobody) cannot enter pytest's 0700 tmp_path.
+        # reuseport: the kernel spreads fresh connections over both workers.
         site = env.get_template("lbs_site.conf.j2").render(
             listen=[f"127.0.0.1:{self.port} reuseport"], upstream_name=UPSTREAM,
-            error_root=str(TEMPLATES), read_timeout=5)
+            error_root=str(self.error_root), read_timeout=5)
         (self.prefix / "conf.d" / "lbs_site.conf").write_text(site)
         (self.prefix / "conf.d" / "lbs_upstream_live.conf").write_text(self.render())
         shutil.copy(TEMPLATES / "lbs_main_lua.conf", self.prefix / "main.d" / "lbs_main_lua.conf")
@@ -350,11 +350,25 @@ http {{
             return [r for part in pool_.map(worker, range(threads)) for r in part]
 
 
+@pytest.fixture(scope="module")
+def error_root():
+    """The 503 page in a world-readable directory of its own: the workers run as nobody (a test
+    checks it) and can enter neither pytest's 0700 tmp_path nor a checkout under a 0700 parent."""
+    root = Path(tempfile.mkdtemp(prefix="lbsync-503-"))
+    try:
+        root.chmod(0o755)
+        shutil.copy(TEMPLATES / "lbs_503.html", root / "lbs_503.html")
+        (root / "lbs_503.html").chmod(0o644)
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
 @pytest.fixture
-def live(procs, tmp_path):
+def live(procs, tmp_path, error_root):
     """make(**options) -> a started LiveNginx (stopped by PID with the rest of `procs`)."""
     def make(start: bool = True, **options) -> LiveNginx:
-        nginx = LiveNginx(procs, tmp_path, **options)
+        nginx = LiveNginx(procs, tmp_path, error_root, **options)
         return nginx.start() if start else nginx
     return make
 
@@ -385,8 +399,9 @@ def in_background(fn, *args):
 
 @pytest.mark.parametrize("algorithm,keepalive", [("round_robin", 16), ("least_conn", 0),
                                                  ("ip_hash", 8), ("hash", 0)])
-def test_rendered_config_passes_nginx_t_without_a_pool_file(procs, tmp_path, algorithm, keepalive):
-    nginx = LiveNginx(procs, tmp_path, algorithm=algorithm, keepalive=keepalive,
+def test_rendered_config_passes_nginx_t_without_a_pool_file(procs, tmp_path, error_root, algorithm,
+                                                             keepalive):
+    nginx = LiveNginx(procs, tmp_path, error_root, algorithm=algorithm, keepalive=keepalive,
                       hash_key="$host$request_uri")
     text = nginx.render()
     assert f"upstream {UPSTREAM} {{" in text and "balancer_by_lua_block" in text
