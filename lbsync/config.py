@@ -28,6 +28,7 @@ from .rules import (
     http_url,
     integer,
     listed,
+    listen_address,
     name_template,
     network,
     nginx_path,
@@ -42,6 +43,8 @@ PACKAGE_LUA = Path(__file__).resolve().parent / "lua"
 NGINX_MODULES = "/usr/lib/nginx/modules"
 DATA_PLANES = ("auto", "live", "reload")
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash")
+PROTOCOLS = ("http", "tcp")
+WILDCARDS = ("*", "0.0.0.0", "::")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DAY = 86400.0
 
@@ -207,6 +210,47 @@ class AutoscaleSettings(Checked):
 
 
 @dataclass(frozen=True)
+class PoolSettings(Checked):
+    """One `[[pool]]`: a listener (HTTP or TCP) in front of the members with its role.
+
+    Octavia's listener + pool in one table. nginx's upstream is `lbs_<name>`. `hash_key` empty
+    means $request_uri for HTTP and $remote_addr for TCP.
+    """
+
+    name: str = spec("", rules.identifier)
+    role: str = spec("", optional(rules.identifier))  # the Serf role tag it follows; default: name
+    protocol: str = spec("http", choice(*PROTOCOLS))
+    listen: tuple[str, ...] = spec((), listed(listen_address))
+    algorithm: str = spec("round_robin", choice(*ALGORITHMS))
+    hash_key: str = spec("", optional(hash_key))
+    keepalive: int = spec(0, integer(0, 10000))  # HTTP only: idle upstream connections per worker
+    server_name: tuple[str, ...] = spec((), listed(rules.server_name))  # HTTP only; empty: any name
+    timeout: float = spec(60.0, number(0, DAY, low_open=True))  # HTTP: read timeout; TCP: idle timeout
+
+    TABLE = "pool"
+    RELATIONS = (
+        ("listen", "name", lambda s: bool(s.listen), "needs at least one IP:PORT for pool"),
+        ("algorithm", "protocol", lambda s: s.protocol == "http" or s.algorithm != "ip_hash",
+         "is HTTP only (for TCP use hash, whose key defaults to $remote_addr), not for protocol"),
+        *((key, "protocol", lambda s, key=key: s.protocol == "http" or not getattr(s, key),
+           "is HTTP only, not for protocol") for key in ("keepalive", "server_name")),
+    )
+
+    @property
+    def upstream(self) -> str:
+        return f"lbs_{self.name}"
+
+    @property
+    def follows(self) -> str:
+        """The Serf role tag this pool's members carry."""
+        return self.role or self.name
+
+    @property
+    def key(self) -> str:
+        return self.hash_key or ("$request_uri" if self.protocol == "http" else "$remote_addr")
+
+
+@dataclass(frozen=True)
 class Settings(Checked):
     """The LB core: where members come from, what may be rendered, where it goes."""
 
@@ -242,9 +286,36 @@ class Settings(Checked):
     syslog: bool = spec(True, rules.boolean)
     vip: str = spec("", optional(network))  # ADDR/PREFIX of an LB pair's floating address; empty: no pair
     pair_grace: float = spec(10.0, number(0, 3600))  # nginx may hold another pool this long before `check` fails
+    stream_output: str = spec("/etc/nginx/modules-enabled/99-lbsync-stream.conf", nginx_path)  # TCP pools
+    stream_module: str = spec(f"{NGINX_MODULES}/ngx_stream_module.so", nginx_path)
+    pools: tuple[PoolSettings, ...] = ()  # [[pool]] tables; none: the single pool of the keys above
     agent: AgentSettings = field(default_factory=AgentSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_pools(self.pools)
+
+
+def check_pools(pools: tuple[PoolSettings, ...]) -> None:
+    """Across pools: unique names, and no two pools on one listener. A wildcard address takes
+    its port on every address, so `*:80` and `10.0.0.1:80` clash too (nginx -t would not say so;
+    the reload would fail to bind)."""
+    names: set[str] = set()
+    taken: dict[tuple[str, int], str] = {}
+    for index, pool in enumerate(pools):
+        where = f"pool[{index}]"
+        if pool.name in names:
+            raise SettingError(f"{where}.name", f"{pool.name!r} names two pools")
+        names.add(pool.name)
+        for listen in pool.listen:
+            host, port = rules.split_hostport(listen)
+            host = "*" if host in WILDCARDS else host
+            for (other_host, other_port), owner in taken.items():
+                if port == other_port and "*" in (host, other_host) or (host, port) == (other_host, other_port):
+                    raise SettingError(f"{where}.listen", f"{listen} clashes with pool {owner!r}'s listener")
+            taken[(host, port)] = pool.name
 
 
 def loopback(listen: str) -> bool:
@@ -261,6 +332,7 @@ def loopback(listen: str) -> bool:
 
 
 SECTIONS: dict[str, type] = {"agent": AgentSettings, "daemon": DaemonSettings, "autoscale": AutoscaleSettings}
+POOLS = "pool"  # [[pool]]: an array of tables, gathered from every config file in order
 
 
 def fields_of(cls: type) -> dict[str, Parse]:

@@ -8,7 +8,8 @@ Unknown keys are an error (a typo must never silently fall back to a default on 
 balancer). Environment variables are `LBSYNC_<KEY>` for top-level keys and
 `LBSYNC_<TABLE>_<KEY>` for the tables; list values in the environment are comma-separated.
 Every value remembers where it came from, so an error names the file, the variable or the flag
-that set it, once.
+that set it, once. `[[pool]]` tables come from files only, and every file's pools are added to
+the ones before (one file per pool in lbsync.d/ works).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, SettingError, Settings, build, fields_of
+from .config import POOLS, SECTIONS, PoolSettings, SettingError, Settings, build, check_pools, fields_of
 from .errors import ConfigError
+from .rules import IDENTIFIER_RE
 
 DEFAULT_CONFIG = Path("/etc/lbsync/lbsync.toml")
 
@@ -65,7 +67,8 @@ def load_with_sources(
     try:
         return _build(values), sources
     except SettingError as exc:
-        raise ConfigError(f"{exc.key} (from {where(sources.get(exc.key), exc.key)}): {exc.reason}") from None
+        source = sources.get(exc.key) or sources.get(exc.key.rpartition(".")[0])  # a pool's key: its table
+        raise ConfigError(f"{exc.key} (from {where(source, exc.key)}): {exc.reason}") from None
 
 
 def where(source: str | None, key: str) -> str:
@@ -76,6 +79,9 @@ def where(source: str | None, key: str) -> str:
         return source
     path = Path(source[len("file "):])
     table, _, name = key.rpartition(".")
+    if table.startswith(POOLS + " "):
+        line, header = _pool_line_of(path, table[len(POOLS) + 1:].strip('"'), name)
+        return f"{path}:{line}" if line else f"default (the pool's table: {path}:{header or '?'})"
     return f"{path}:{_line_of(path, table, name) or '?'}"
 
 
@@ -93,6 +99,28 @@ def _line_of(path: Path, table: str, key: str) -> int | None:
         elif current == table and stripped.split("=", 1)[0].strip().strip('"') == key:
             return number
     return None
+
+
+def _pool_line_of(path: Path, pool: str, key: str) -> tuple[int | None, int | None]:
+    """The lines of `key = ...` and of the header of the `[[pool]]` whose name is `pool`."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None, None
+    blocks: list[dict[str, int]] = []
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            blocks.append({"[": number} if stripped.replace(" ", "") == f"[[{POOLS}]]" else {})
+        elif blocks and blocks[-1] and "=" in stripped:
+            name, _, value = stripped.partition("=")
+            blocks[-1][name.strip().strip('"')] = number
+            if name.strip() == "name":
+                blocks[-1]["=" + value.split("#")[0].strip().strip('"\'')] = number
+    for block in blocks:
+        if "=" + pool in block:
+            return block.get(key), block["["]
+    return None, None
 
 
 def load_text(text: str) -> Settings:
@@ -151,7 +179,14 @@ def _nest(overrides: Mapping[str, Any]) -> dict:
 def _merge(base: dict, sources: dict[str, str], top: dict, source: str, prefix: str = "") -> None:
     """Lay `top` over `base`, noting `source` for every dotted key it sets."""
     for key, value in top.items():
-        if isinstance(value, dict) and key in SECTIONS and not prefix:
+        if key == POOLS and not prefix:
+            if not isinstance(value, list) or not all(isinstance(pool, dict) for pool in value):
+                raise ConfigError(f"{source}: pools are [[pool]] tables in a config file")
+            base.setdefault(POOLS, [])
+            for pool in value:
+                sources[_pool_key(pool, len(base[POOLS]))] = source
+                base[POOLS].append(pool)
+        elif isinstance(value, dict) and key in SECTIONS and not prefix:
             base.setdefault(key, {})
             if not isinstance(base[key], dict):
                 raise ConfigError(f"{source}: [{key}] must be a table")
@@ -162,10 +197,37 @@ def _merge(base: dict, sources: dict[str, str], top: dict, source: str, prefix: 
 
 
 def _build(values: dict) -> Settings:
-    tables = {}
+    tables: dict[str, Any] = {}
     for table, cls in SECTIONS.items():
         raw = values.pop(table, {})
         if not isinstance(raw, dict):
             raise SettingError(table, "must be a table")
         tables[table] = build(cls, raw)
+    tables["pools"] = _pools(values.pop(POOLS, []))
     return build(Settings, values, tables)
+
+
+def _pools(raws: list[dict]) -> tuple[PoolSettings, ...]:
+    """Each [[pool]] built on its own, errors keyed `pool "NAME".KEY` (or `pool[INDEX]` when it
+    has no usable name), so the message leads to the table that holds the mistake."""
+    pools = []
+    for index, raw in enumerate(raws):
+        label = _pool_key(raw, index)
+        if "name" not in raw:
+            raise SettingError(f"{label}.name", "is required")
+        try:
+            pools.append(build(PoolSettings, raw))
+        except SettingError as exc:
+            raise SettingError(f"{label}.{exc.key.partition('.')[2]}", exc.reason) from None
+    try:
+        check_pools(tuple(pools))
+    except SettingError as exc:
+        index = int(exc.key[len(POOLS) + 1:].partition("]")[0])
+        raise SettingError(f"{_pool_key(raws[index], index)}.{exc.key.partition('.')[2]}", exc.reason) from None
+    return tuple(pools)
+
+
+def _pool_key(raw: dict, index: int) -> str:
+    name = raw.get("name")
+    named = isinstance(name, str) and IDENTIFIER_RE.fullmatch(name)
+    return f'{POOLS} "{name}"' if named else f"{POOLS}[{index}]"

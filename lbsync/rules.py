@@ -146,6 +146,31 @@ def hash_key(value: Any) -> str:
     return value
 
 
+def listen_address(value: Any) -> str:
+    """IP:PORT nginx listens on ('*:80' and '[::]:80' included): a literal address, never a
+    name, since the text reaches nginx's config as is."""
+    host, port = split_hostport(text(value))
+    if host != "*":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{value!r} is not IP:PORT (an address literal, or *:PORT)") from None
+    if ":" in host and not value.startswith("["):
+        raise ValueError(f"{value!r}: an IPv6 address needs brackets, e.g. [::1]:{port}")
+    return value
+
+
+SERVER_NAME_RE = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?|_")
+
+
+def server_name(value: Any) -> str:
+    """A host name nginx matches as is: letters, digits, '-', '_' and dots, with an optional
+    leading '*.' or trailing '.*' wildcard (no regexes: they would be nginx syntax)."""
+    if not SERVER_NAME_RE.fullmatch(text(value)) or len(value) > 253:
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '.-_', optional *. or .*)")
+    return value
+
+
 def optional(parse: Parse) -> Parse:
     return lambda value: "" if value == "" else parse(value)
 
