@@ -1,9 +1,10 @@
 """`lbsync agent`: the web node's side. Puts the node in the cluster, answers load, drains.
 
-It starts `serf agent` as its child with the node's tags (role, port, weight), or attaches to a
-Serf agent that already answers on `agent.rpc_addr` and sets the tags over RPC. While running it
-answers the Serf query `agent.load_query` with the node's 1-minute load average per CPU, so the
-LB side can read fleet load without SSH.
+It starts `serf agent` as its child with the node's tags (role, port, weight; with `--service`
+also port_ROLE and weight_ROLE per service, see serfagent.tags), or attaches to a Serf agent
+that already answers on `agent.rpc_addr` and sets the tags over RPC. While running it answers
+the Serf query `agent.load_query` with the node's 1-minute load average per CPU, so the LB side
+can read fleet load without SSH.
 
 On SIGTERM or SIGINT it drains, because a node that simply vanished would cost the requests in
 flight and make the LB wait for Serf's failure detection:
@@ -33,10 +34,10 @@ from pathlib import Path
 from .config import AgentSettings, Settings
 from .drain import drain
 from .errors import ConfigError, SourceError
-from .rules import DECIMAL_RE
+from .rules import DECIMAL_RE, SERF_TAGS_MAX, tags_size
 from .sdnotify import notify
 from .serf import connect
-from .serfagent import serf_agent, tags, wait_exit
+from .serfagent import describe, serf_agent, tags, wait_exit
 
 log = logging.getLogger("lbsync")
 
@@ -52,7 +53,7 @@ def run_agent(settings: Settings, args: argparse.Namespace) -> int:
         with connect(agent) as client:
             announce(client, agent, attached=child is None)
             responder = Responder(client, agent, child)
-            notify("READY=1", f"STATUS=in the cluster as {agent.role} on port {agent.port}")
+            notify("READY=1", f"STATUS=in the cluster as {describe(agent)}")
             responder.serve_until(lambda: stop.count > 0)
             log.info("%s received: draining (a second signal leaves at once)", stop.last)
             notify("STOPPING=1", "STATUS=draining")
@@ -65,19 +66,28 @@ def run_agent(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def validate(agent: AgentSettings) -> None:
-    """What the values' own rules cannot know: a node must join somewhere, its files must exist."""
+    """What the values' own rules cannot know: a node must join somewhere, its files must exist,
+    its tags (with drain=1) must fit in what Serf takes."""
     if not agent.join:
         raise ConfigError("agent.join is empty: give the LB's Serf address with --join HOST[:PORT]")
     if agent.serf_config and not os.path.isfile(agent.serf_config):
         raise ConfigError(f"agent.serf_config {agent.serf_config} is not a file")
+    size = tags_size({**tags(agent), "drain": "1"})
+    if size > SERF_TAGS_MAX:
+        raise ConfigError(f"agent.services: the node's tags take {size} bytes with drain=1; Serf's limit is "
+                          f"{SERF_TAGS_MAX}: offer fewer services or give them shorter roles")
 
 
 def announce(client, agent: AgentSettings, attached: bool) -> None:
-    """An attached agent gets our tags (and loses a drain left by an earlier run) and a join."""
+    """An attached agent gets our tags and a join; it loses a drain and the services (port_ROLE,
+    weight_ROLE) an earlier run left that we no longer offer."""
     if not attached:
         log.info("serf agent up; joining %s with tags %s", ", ".join(agent.join), tags(agent))
         return
-    client.tags(set=tags(agent), delete=["drain"])
+    ours = tags(agent)
+    stale = [key for key in client.stats().get("tags") or {}
+             if key.startswith(("port_", "weight_")) and key not in ours]
+    client.tags(set=ours, delete=["drain", *stale])
     try:
         joined = client.join(list(agent.join))
         log.info("tags %s set; joined %d of %s", tags(agent), joined, ", ".join(agent.join))

@@ -42,7 +42,11 @@ AGENT_FLAGS = {
     "--agent-rpc-addr": ("agent.rpc_addr", "RPC address of this node's Serf agent"),
     "--port": ("agent.port", "port tag: where this node's web server listens"),
     "--weight": ("agent.weight", "weight tag (1-256)"),
+    "--service": ("agent.services", "a service this node offers (repeatable): the LB pool following ROLE "
+                  "routes to PORT here. The first is published as role/port/weight tags, each one as "
+                  "port_ROLE (and weight_ROLE when WEIGHT is given); replaces --port and --weight"),
 }
+REPEATABLE = {"--service": "ROLE:PORT[:WEIGHT]"}  # flag -> metavar; each use adds one list item
 
 
 def main(argv: Sequence[str] | None = None,
@@ -133,6 +137,12 @@ def _autoscale_options(scale: argparse.ArgumentParser) -> None:
                        const="true", help="log every decision; run no command")
 
 
+def _member_options(member: argparse.ArgumentParser) -> None:
+    from .membercmd import add_options
+
+    add_options(member)
+
+
 def _install_options(install: argparse.ArgumentParser) -> None:
     from .install import add_arguments
 
@@ -173,7 +183,16 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from .plan import Plan
     from .sync import log_skips
 
-    selection = select(args.source_factory(settings).members(), settings)
+    records = args.source_factory(settings).members()
+    if settings.pools:
+        from .drivers.pools import render_pools
+        from .pools import merged, plan_pools
+
+        plans = plan_pools(settings, records, {}, frozenset())
+        log_skips(merged(plans))
+        sys.stdout.write(render_pools(settings, plans))
+        return 0
+    selection = select(records, settings)
     log_skips(selection)
     sys.stdout.write(render_upstream(Plan.of(settings, selection)))
     return 0
@@ -218,7 +237,8 @@ def _commands() -> dict[str, tuple[Callable, str, Callable[[argparse.ArgumentPar
         "handle": (cmd_handle, "Serf event handler: on a member event, reconcile from the full membership",
                    _no_options),
         "sync": (cmd_sync, "reconcile once now", _sync_options),
-        "render": (cmd_render, "print the upstream file the reload driver would render", _no_options),
+        "render": (cmd_render, "print the upstream file the reload driver would render (with [[pool]] "
+                   "tables: the HTTP and the TCP pools' files)", _no_options),
         "config": (_lazy("configview", "show_config"),
                    "print the effective settings and where each came from (secrets hidden)", _no_options),
         "status": (_lazy("status", "show_status"), "per pool: backends, what nginx serves, drift; last run, "
@@ -226,9 +246,12 @@ def _commands() -> dict[str, tuple[Callable, str, Callable[[argparse.ArgumentPar
         "run": (_lazy("daemon", "run_daemon"),
                 "long-running LB mode: follow Serf over RPC, push or reload, resync, health checks", _no_options),
         "agent": (_lazy("agent", "run_agent"),
-                  "web node: join the cluster with role/port/weight tags; drain on SIGTERM", _agent_options),
+                  "web node: join the cluster with role/port/weight tags (or --service ones); drain on SIGTERM",
+                  _agent_options),
         "autoscale": (_lazy("scaler", "run_autoscaler"), "scale the web pool on fleet load with operator commands",
                       _autoscale_options),
+        "member": (_lazy("membercmd", "run_member"), "static members of a [[pool]]: add, remove, list "
+                   "(backends that run no Serf agent)", _member_options),
         "check": (_lazy("paircheck", "run_check"), "LB pair: keepalived's track script; exit 1 when this LB's "
                   "data plane has been stale past pair_grace while the peer serves the right pool", _no_options),
         "install": (INSTALL, "put lbsync's files in place on an LB or web host; report what changed",
@@ -254,7 +277,10 @@ SETTINGS_EPILOG = ("Every setting can also come from /etc/lbsync/lbsync.toml (an
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, str]]) -> None:
     for flag, (key, help_text) in flags.items():
-        parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", help=help_text)
+        if flag in REPEATABLE:
+            parser.add_argument(flag, dest=f"opt:{key}", metavar=REPEATABLE[flag], action="append", help=help_text)
+        else:
+            parser.add_argument(flag, dest=f"opt:{key}", metavar="VALUE", help=help_text)
 
 
 def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:

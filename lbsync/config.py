@@ -100,6 +100,9 @@ class AgentSettings(Checked):
     role: str = spec("web", rules.identifier)
     port: int = spec(80, integer(*rules.PORT))
     weight: int = spec(1, integer(*rules.WEIGHT))
+    # ROLE:PORT[:WEIGHT] each: the first is published as role/port/weight, every one as port_ROLE
+    # (and weight_ROLE when given) so the pool following each role routes here; see serfagent.tags
+    services: tuple[str, ...] = spec((), rules.services)
     serf_bin: str = spec("serf", text)
     serf_config: str = spec("", text)  # an extra -config-file for the agent
     load_query: str = spec("load", rules.identifier)
@@ -110,7 +113,19 @@ class AgentSettings(Checked):
 
     TABLE = "agent"
     RELATIONS = (("drain_quiet", "drain_timeout", lambda s: s.drain_quiet <= s.drain_timeout,
-                  "must not exceed"),)
+                  "must not exceed"),
+                 *((key, "services", lambda s, key=key: s.agrees_with_services(key),
+                    "disagrees with the first service; use --service only, with role, port and weight in")
+                   for key in ("role", "port", "weight")))
+
+    def agrees_with_services(self, key: str) -> bool:
+        """Role, port or weight beside services: left at its default, or what the first service
+        says (it is published as role/port/weight; a spec without a weight means 1)."""
+        if not self.services:
+            return True
+        default = type(self).__dataclass_fields__[key].default
+        first = dict(zip(("role", "port", "weight"), rules.service_parts(self.services[0])))[key]
+        return True
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, stats_key, throttle_left
 from .plan import SyncResult
 from .sdnotify import notify
-from .serf import RpcTarget, SerfClient, connect
+from .serf import RpcTarget, SerfClient, connect, lb_members
 
 if TYPE_CHECKING:
     from .statuspage import StatusServer
@@ -194,7 +194,7 @@ class Daemon:
         try:
             counters = stats_key(self.client.stats())
             if counters != self.counters or now >= self.next_members or self.debounce.forced:
-                self.records = self.client.members_filtered(tags={"role": self.settings.role})
+                self.records = lb_members(self.client, self.settings)
                 self.records_key = member_key(self.records)  # once per fetch, not per tick
                 self.counters, self.next_members = counters, now + self.settings.daemon.members_interval
             return True

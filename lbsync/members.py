@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,9 @@ class Member:
     max_fails: int | None = None
     fail_timeout: int | None = None
     max_conns: int | None = None
+    # "serf", or "static" (`lbsync member add`); out of repr, so fingerprints of files rendered
+    # before static members existed stay the same (the pools context lists static names itself)
+    source: str = field(default="serf", repr=False)
 
     @cached_property
     def endpoint(self) -> str:
@@ -68,6 +71,25 @@ INT_TAGS = (("port", rules.PORT), ("weight", rules.WEIGHT), ("max_fails", rules.
             ("fail_timeout", rules.FAIL_TIMEOUT), ("max_conns", rules.MAX_CONNS))
 
 
+def serves(tags: Any, role: str) -> bool:
+    """Whether a member's tags put it in the pool following `role`: its role tag, or one of the
+    services a node running several advertises (`lbsync agent --service ROLE:PORT`: port_ROLE)."""
+    return isinstance(tags, dict) and (tags.get("role") == role or f"port_{role}" in tags)
+
+
+def as_role(raw: dict, role: str) -> dict:
+    """The record as the pool following `role` sees it: a node whose primary role is another
+    one is seen with that service's port (port_ROLE) and weight (weight_ROLE, else 1)."""
+    tags = raw.get("Tags") or {}
+    if not isinstance(tags, dict) or tags.get("role") == role:
+        return raw
+    view = {key: value for key, value in tags.items() if key != "weight"}
+    view.update(role=role, port=tags.get(f"port_{role}"))
+    if f"weight_{role}" in tags:
+        view["weight"] = tags[f"weight_{role}"]
+    return {**raw, "Tags": view}
+
+
 def parse(raw: dict) -> Member:
     """One Serf member record -> Member. Raises ValueError with the reason to log."""
     name = raw.get("Name")
@@ -89,6 +111,7 @@ def parse(raw: dict) -> Member:
         role=str(tags.get("role", "")),
         draining=_tag("drain", tags.get("drain", ""), rules.boolean),
         backup=_tag("backup", tags.get("backup", ""), rules.boolean),
+        source="static" if raw.get("Source") == "static" else "serf",
         **values,
     )
 
@@ -104,9 +127,9 @@ def select(records: Iterable[dict], policy: Settings, held: Mapping[str, str] | 
     skipped: list[Skip] = []
     by_status: dict[str, list[str]] = {}
     for raw in records:
-        tags = raw.get("Tags") or {}
-        if not isinstance(tags, dict) or tags.get("role") != policy.role:
+        if not serves(raw.get("Tags"), policy.role):
             continue
+        raw = as_role(raw, policy.role)
         name = str(raw.get("Name"))
         by_status.setdefault(str(raw.get("Status")), []).append(name)
         if raw.get("Status") != "alive":
@@ -183,7 +206,8 @@ def to_record(member: Member) -> dict:
     for key in ("max_fails", "fail_timeout", "max_conns"):
         if getattr(member, key) is not None:
             tags[key] = str(getattr(member, key))
-    return {"Name": member.name, "Addr": str(member.addr), "Status": member.status, "Tags": tags}
+    record = {"Name": member.name, "Addr": str(member.addr), "Status": member.status, "Tags": tags}
+    return record | {"Source": "static"} if member.source == "static" else record
 
 
 def _address(value: Any) -> IPAddress:

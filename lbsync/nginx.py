@@ -20,16 +20,17 @@ WRAPPER = """\
 {modules}pid {tmp}/nginx.pid;
 error_log stderr;
 events {{ }}
-http {{
+{main}http {{
     access_log off;
     include {candidate};
 }}
 """
 
 
-def check(candidate: str, nginx_bin: str, scratch: Path, modules: tuple[str, ...] = ()) -> None:
-    """Raise NginxError unless nginx accepts `candidate` as an http-level include (with `modules`
-    loaded, as the real config's main context loads them).
+def check(candidate: str, nginx_bin: str, scratch: Path, modules: tuple[str, ...] = (), main: str = "") -> None:
+    """Raise NginxError unless nginx accepts `candidate` as an http-level include, and `main` (TCP
+    pools' stream{} file) as a main-context one, with `modules` loaded as the real config's main
+    context loads them.
 
     `scratch` is emptied and reused (the caller holds the run lock), so a run killed mid-check
     leaves one directory behind, never a pile of them in /tmp.
@@ -38,9 +39,13 @@ def check(candidate: str, nginx_bin: str, scratch: Path, modules: tuple[str, ...
     scratch.mkdir(mode=0o700, parents=True)
     path = scratch / "candidate.conf"
     path.write_text(candidate)
+    included = ""
+    if main:
+        (scratch / "main.conf").write_text(main)
+        included = f"include {scratch}/main.conf;\n"
     wrapper = scratch / "wrapper.conf"
     loads = "".join(f"load_module {module};\n" for module in modules)
-    wrapper.write_text(WRAPPER.format(modules=loads, tmp=scratch, candidate=path))
+    wrapper.write_text(WRAPPER.format(modules=loads, tmp=scratch, candidate=path, main=included))
     _run([nginx_bin, "-t", "-q", "-e", "stderr", "-p", str(scratch), "-c", str(wrapper)],
          NginxError, "nginx rejected the candidate config")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,26 @@ def render(template: str | Path, context: dict[str, Any]) -> str:
 def fingerprint(template: str | Path, context: dict[str, Any]) -> str:
     """A digest of everything a render depends on, computed without importing Jinja2.
 
-    Equal fingerprints mean equal output, so the unchanged path can stop before rendering.
+    Equal fingerprints mean equal output, so the unchanged path can stop before rendering. The
+    templates it imports or includes (same directory) count as part of it.
     """
-    try:
-        source = Path(template).read_bytes()
-    except OSError as exc:
-        raise TemplateError(f"template {template}: {exc.strerror}") from None
+    path = Path(template)
+    source = _read(path)
     digest = hashlib.sha256(source)
+    for name in sorted(set(IMPORTS.findall(source))):
+        digest.update(_read(path.with_name(name.decode())))
     digest.update(json.dumps(context, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
+
+
+IMPORTS = re.compile(rb"""{%-?\s*(?:import|include|from)\s+["']([^"'/]+)["']""")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TemplateError(f"template {path}: {exc.strerror}") from None
 
 
 def managed(template: str | Path, context: dict[str, Any], inputs: str) -> str:

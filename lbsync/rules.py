@@ -119,6 +119,54 @@ def listed(item: Parse) -> Parse:
     return parse
 
 
+MAX_SERVICES = 16  # services a web node may offer: their tags must fit Serf's SERF_TAGS_MAX bytes
+SERF_TAGS_MAX = 512  # memberlist's MetaMaxSize: Serf refuses tags whose encoding is longer
+
+
+def service(value: Any) -> str:
+    """ROLE:PORT or ROLE:PORT:WEIGHT, one service a web node offers (`lbsync agent --service`)."""
+    service_parts(value)
+    return value
+
+
+def service_parts(value: Any) -> tuple[str, int, int | None]:
+    """'api:9000:2' -> ('api', 9000, 2); 'web:8000' -> ('web', 8000, None): no weight given."""
+    parts = text(value).split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{value!r} is not ROLE:PORT or ROLE:PORT:WEIGHT")
+    checks = (("role", identifier), ("port", integer(*PORT)), ("weight", integer(*WEIGHT)))
+    found = []
+    for part, (name, check) in zip(parts, checks):
+        try:
+            found.append(check(part))
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {name} {exc}") from None
+    return found[0], found[1], found[2] if len(found) == 3 else None
+
+
+def services(value: Any) -> tuple[str, ...]:
+    """A list of service()s, each role once, at most MAX_SERVICES."""
+    specs = listed(service)(value)
+    roles = [service_parts(spec)[0] for spec in specs]
+    twice = next((role for role in roles if roles.count(role) > 1), None)
+    if twice is not None:
+        raise ValueError(f"role {twice!r} is given twice; a node offers one port per role")
+    if len(specs) > MAX_SERVICES:
+        raise ValueError(f"{len(specs)} services; at most {MAX_SERVICES} fit in Serf's "
+                         f"{SERF_TAGS_MAX} bytes of tags")
+    return specs
+
+
+def tags_size(tags: dict[str, str]) -> int:
+    """The bytes of `tags` as Serf encodes them (to compare with SERF_TAGS_MAX): a magic byte,
+    then msgpack as Serf's go-msgpack writes it, strings as raw (no str8)."""
+    size = 1 + (1 if len(tags) < 16 else 3 if len(tags) < 65536 else 5)
+    for item in (item for pair in tags.items() for item in pair):
+        length = len(item.encode())
+        size += length + (1 if length < 32 else 3 if length < 65536 else 5)
+    return size
+
+
 def address(value: Any) -> str:
     """host:port (':7373' means the local host, as Serf's CLI takes it)."""
     text(value)

@@ -342,12 +342,20 @@ def connect(target: RpcTarget) -> SerfClient:
     return SerfClient(target.rpc_addr, target.rpc_auth, getattr(target, "rpc_timeout", 5.0))
 
 
+def lb_members(client: SerfClient, settings: Any) -> list[dict]:
+    """The records a reconcile needs: members of our role, or with [[pool]] tables every member
+    (a pool follows a role tag or a node's port_ROLE service tag, which Serf cannot filter on)."""
+    if settings.pools:
+        return client.members()
+    return client.members_filtered(tags={"role": settings.role})
+
+
 class SerfSource:
-    """Members of our role from the local Serf agent: one connection per snapshot."""
+    """Members of our role(s) from the local Serf agent: one connection per snapshot."""
 
     def __init__(self, settings: Any):
         self.settings = settings
 
     def members(self) -> list[dict]:
         with connect(self.settings) as client:
-            return client.members_filtered(tags={"role": self.settings.role})
+            return lb_members(client, self.settings)

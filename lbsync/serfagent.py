@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from .config import AgentSettings
 from .errors import ConfigError, SourceError
-from .rules import split_hostport
+from .rules import service_parts, split_hostport
 
 log = logging.getLogger("lbsync")
 
@@ -60,7 +60,26 @@ def write_secrets(agent: AgentSettings, directory: str) -> str:
 
 
 def tags(agent: AgentSettings) -> dict[str, str]:
-    return {"role": agent.role, "port": str(agent.port), "weight": str(agent.weight)}
+    """The node's tags (drain=1 is added while draining). Without services: role, port, weight.
+    With services (`--service ROLE:PORT[:WEIGHT]`): the first one as role, port and weight (its
+    spec's weight, else `weight`), so every LB reads it; and every one, the first included, as
+    port_ROLE, plus weight_ROLE when its spec gives a weight, for the pool following ROLE."""
+    offered = [service_parts(spec) for spec in agent.services]
+    if not offered:
+        return {"role": agent.role, "port": str(agent.port), "weight": str(agent.weight)}
+    role, port, weight = offered[0]
+    out = {"role": role, "port": str(port), "weight": str(agent.weight if weight is None else weight)}
+    for role, port, weight in offered:
+        out[f"port_{role}"] = str(port)
+        if weight is not None:
+            out[f"weight_{role}"] = str(weight)
+    return out
+
+
+def describe(agent: AgentSettings) -> str:
+    """What the node offers, for logs and systemd's status: 'web on port 8000, api on port 9000'."""
+    offered = [service_parts(spec)[:2] for spec in agent.services] or [(agent.role, agent.port)]
+    return ", ".join(f"{role} on port {port}" for role, port in offered)
 
 
 # -- the Serf agent: spawn or attach ------------------------------------------------------------

@@ -77,7 +77,7 @@ def record_sync(settings: Settings, result: SyncResult, seconds: tuple[float, fl
         "action": result.action,
         "backends": [m.name for m in result.backends],
         "skipped": skipped,
-        "pool": {m.name: to_record(m) for m in result.backends},
+        "pool": {m.name: to_record(m) for m in result.backends if m.source == "serf"},  # the guard's memory
         "endpoints": {m.endpoint: m.name for m in result.backends},
         "collapse_since": result.hold.since,
         "held": list(result.hold.names),

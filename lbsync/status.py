@@ -43,13 +43,14 @@ import json
 import socket
 import sys
 import time
+from typing import Any
 
 from . import record, state
 from .config import Settings
 from .drivers.base import choose, data_plane
 from .errors import SourceError
 from .guard import Memory
-from .members import select
+from .members import Selection, select, serves
 from .plan import Served
 from .rules import printable
 
@@ -88,11 +89,14 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
     now = time.time() if now is None else now
     last = state.read(settings.state_dir, state.LAST_SYNC) or {}
     daemon = daemon if daemon is not None else state.read(settings.state_dir, state.DAEMON)
-    selection = select(records, settings, Memory.recall(settings.state_dir).endpoints)
-    served = served if served is not None else choose(settings).served()
     daemon_view = _daemon(daemon)
     health = (daemon or {}).get("health", {}) if daemon_view["state"] == "running" else {}
-    pool = _pool(settings, records, selection, served, last, health)
+    if settings.pools:
+        selection, pools = _pools(settings, records, last, health)
+    else:
+        selection = select(records, settings, Memory.recall(settings.state_dir).endpoints)
+        served = served if served is not None else choose(settings).served()
+        pools = [_pool(settings, records, selection, served, last, health)]
     events = [{"time": e[0], "kind": e[1], "name": e[2], "detail": e[3]}
               for e in list(last.get("events") or []) + list((daemon or {}).get("events") or [])
               if isinstance(e, list) and len(e) == 4]
@@ -104,7 +108,7 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
         "schema": 1, "time": now, "host": socket.gethostname(),
         "serf": {"addr": settings.rpc_addr, "role": settings.role, "error": serf_error or None,
                  "members": {status: len(names) for status, names in sorted(selection.by_status.items())}},
-        "pools": [pool],
+        "pools": pools,
         "skipped": [{"name": s.name, "reason": s.reason} for s in selection.skipped],
         "last_run": _last_run(last),
         "last_failure": _failure(last),
@@ -114,22 +118,38 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
     }
 
 
-def _pool(settings: Settings, records: list[dict], selection, served: Served, last: dict, health: dict) -> dict:
+def _pools(settings: Settings, records: list[dict], last: dict, health: dict) -> tuple[Selection, list[dict]]:
+    """With [[pool]] tables: every pool's table, from the same selection a reconcile makes."""
+    from .drivers.pools import PoolsDriver
+    from .pools import merged, plan_pools, settings_for
+
+    plans = plan_pools(settings, records, Memory.of(last).endpoints, frozenset())
+    served = PoolsDriver(settings).served_pools()
+    pools = []
+    for p in plans:
+        table = _pool(settings_for(settings, p.pool), records, p.plan.selection, served[p.pool.name], last, health)
+        pools.append({**table, "name": p.pool.name, "protocol": p.pool.protocol, "listen": list(p.pool.listen),
+                      "data_plane": "reload"})
+    return merged(plans), pools
+
+
+def _pool(settings: Settings, records: list[dict], selection: Selection, served: Served, last: dict,
+          health: dict) -> dict:
     """One pool's backend table: every member of our role, and whatever else nginx serves."""
     recorded = record.mapping(last, "members")
     held = set(last.get("held") or []) if last.get("collapse_since") is not None else set()
     rendered = {m.name: m for m in selection.backends}
     in_nginx = {name: (endpoint, down) for name, endpoint, down in served.backends}
-    statuses = {str(r.get("Name")): str(r.get("Status")) for r in records
-                if isinstance(r.get("Tags"), dict) and r["Tags"].get("role") == settings.role}
+    statuses = {str(r.get("Name")): str(r.get("Status")) for r in records if serves(r.get("Tags"), settings.role)}
     reasons = {s.name: s.reason for s in selection.skipped}
     rows = []
     for name in sorted(set(statuses) | set(rendered) | set(in_nginx)):
         member = rendered.get(name)
         verdict = health.get(name) if member is not None and not member.draining else None
-        row = {"name": name, "serf": statuses.get(name),
+        row: dict[str, Any] = {"name": name, "serf": statuses.get(name),
                "address": member.endpoint if member else in_nginx.get(name, ("", False))[0] or _address(records, name),
-               "source": "serf" if name in statuses else "held" if name in held else "nginx",
+               "source": "static" if member is not None and member.source == "static" else "serf" if name in statuses
+               else "held" if name in held else "nginx",
                "drain": bool(member and member.draining),
                "health": None if member is None else "unchecked" if verdict is None else
                "healthy" if verdict.get("healthy") else "down",
@@ -282,8 +302,9 @@ def _pool_text(pool: dict, now: float) -> list[str]:
     served = pool["served"]
     nginx = (f"nginx serves: unknown ({printable(served['error'])})" if served["error"] else
              f"nginx serves {served['source']} ({sum(b['in_nginx'] for b in pool['backends'])} backends)")
-    lines = [f"pool {pool['name']} ({pool['data_plane']} data plane): {nginx}; the membership renders "
-             f"{pool['rendered']}, {pool['serving']} serving"]
+    listener = f"{pool['protocol'].upper()} on {', '.join(pool['listen'])}, " if pool.get("listen") else ""
+    lines = [f"pool {pool['name']} ({listener}{pool['data_plane']} data plane): {nginx}; the membership "
+             f"renders {pool['rendered']}, {pool['serving']} serving"]
     header = ("BACKEND", "ADDRESS", "SOURCE", "SERF", "DRAIN", "HEALTH", "IN NGINX", "STATE", "SINCE")
     rows = [header] + [(printable(b["name"], 64), printable(b["address"], 64) or "-", b["source"], b["serf"] or "-",
                         "yes" if b["drain"] else "no" if b["health"] else "-",

@@ -38,11 +38,22 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
             last = state.read(settings.state_dir, state.LAST_SYNC) or {}  # read once: guard and record
             memory = Memory.of(last)
             records, held = hold(source.members(), memory, time.time(), settings.collapse_grace)  # snapshot
-            selection = select(records, settings, memory.endpoints)
-            log_skips(selection)
-            plan = Plan.of(settings, selection, unhealthy)
-            applying = time.monotonic()
-            applied = (driver or choose(settings)).apply(plan, dry_run)
+            if settings.pools:  # [[pool]] tables: every pool selected and planned, applied at once
+                from .drivers.pools import PoolsDriver
+                from .pools import merged, plan_pools
+
+                plans = plan_pools(settings, records, memory.endpoints, unhealthy)
+                selection = merged(plans)
+                log_skips(selection)
+                plan = Plan.of(settings, selection, unhealthy)
+                applying = time.monotonic()
+                applied = PoolsDriver(settings).apply(plans, dry_run)
+            else:
+                selection = select(records, settings, memory.endpoints)
+                log_skips(selection)
+                plan = Plan.of(settings, selection, unhealthy)
+                applying = time.monotonic()
+                applied = (driver or choose(settings)).apply(plan, dry_run)
         except Exception as exc:  # recorded under the lock for `lbsync status` and the metrics
             if not dry_run:
                 state.record_failure(settings, exc, time.monotonic() - started)

@@ -6,10 +6,12 @@ set -eu
 profile=${1:-test}
 need=""
 want() { need="$need $1"; }
-# the LB and the web nodes: Serf, nginx with the Lua module (the live data plane) and cjson
+# the LB and the web nodes: Serf, nginx with the Lua module (the live data plane) and cjson,
+# and the stream module (TCP pools)
 command -v serf >/dev/null 2>&1 || want serf
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || want nginx
 [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || want libnginx-mod-http-lua
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || want libnginx-mod-stream  # TCP pools
 dpkg -s lua-cjson >/dev/null 2>&1 || want lua-cjson
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || want python3-venv
 hosts() {  # tests/kit/hosts.py: Debian hosts booted in systemd-nspawn containers on a private bridge
@@ -19,7 +21,6 @@ hosts() {  # tests/kit/hosts.py: Debian hosts booted in systemd-nspawn container
 }
 if [ "$profile" = test ]; then
     hosts
-    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || want libnginx-mod-stream
     command -v curl >/dev/null 2>&1 || want curl
     # the status page test: a real headless Chromium driven by chromedriver, with a font
     command -v chromium >/dev/null 2>&1 || want chromium

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..errors import LbsyncError, NginxError
+from ..errors import InstallError, LbsyncError, NginxError
 from ..files import mark, read_text, swap_in, unmark, write_atomic
 from ..plan import RELOADED, Applied, Outcome, Plan, Served
 from ..render import fingerprint, managed, replacement
@@ -80,7 +80,7 @@ class ReloadDriver:
         candidate = candidate_for(plan, live)
         count = len(plan.backends)
         if candidate.current:
-            return self._unchanged(count, dry_run)
+            return self.unchanged(count, dry_run)
         assert candidate.text is not None
         diff = unified_diff(live or "", candidate.text, str(self.output))
         if dry_run:
@@ -100,25 +100,31 @@ class ReloadDriver:
             text = read_text(self.output) or ""
         except LbsyncError as exc:
             return Served(source, error=str(exc))
-        return Served(source, tuple(_server_lines(text)))
+        return Served(source, tuple(server_lines(text)))
 
     def replace(self, text: str) -> None:
-        """The checked way to put a new file in place: both nginx gates, then the reload.
+        """The checked way to put a new upstream file in place: both nginx gates, then the reload."""
+        self.check(text)
+        self.put_in_place({self.output: text})
+
+    def put_in_place(self, files: dict[Path, str]) -> None:
+        """Install checked `files` (nginx -t on the whole config; refused: every one put back),
+        then reload.
 
         The reload-pending mark goes down before the install: a crash anywhere after it (while
-        nginx tests the installed file, before or during the reload) leaves a state the next run
-        repairs by reloading, though the file itself is already current.
+        nginx tests the installed files, before or during the reload) leaves a state the next run
+        repairs by reloading, though the files themselves are already current.
         """
-        self._check(text)
         was_pending = self.pending.exists()
         mark(self.pending)
         try:
-            self._install(text)
+            self._install(files)
         except BaseException:
-            if not was_pending:  # the previous file is back: nothing new for nginx to load
+            if not was_pending:  # the previous files are back: nothing new for nginx to load
                 unmark(self.pending)
             raise
-        self._clear_rejected()
+        for path in files:
+            _clear_rejected(path)
         self.reload()
 
     def retry_pending(self) -> bool:
@@ -128,39 +134,48 @@ class ReloadDriver:
         self.reload()
         return True
 
-    def _unchanged(self, count: int, dry_run: bool) -> Applied:
+    def unchanged(self, count: int, dry_run: bool) -> Applied:
         if not dry_run and self.retry_pending():
             log.info("unchanged (%d backends); retried the reload that failed last time", count)
             return Applied(Outcome.UNCHANGED, action=RELOADED)
         log.info("unchanged (%d backends); not reloading", count)
         return Applied(Outcome.UNCHANGED)
 
-    def _check(self, candidate: str) -> None:
-        """nginx -t on the candidate alone; when refused, keep it and nginx's words for the operator."""
+    def check(self, candidate: str, main: tuple[Path, str] | None = None) -> None:
+        """Gate 1: nginx -t on the candidate alone (with `main`, the TCP pools' main-context file:
+        its path and text); when refused, keep each candidate and nginx's words for the operator."""
         from .. import nginx  # not on the unchanged path: it pulls in subprocess
 
         try:
             nginx.check(candidate, self.settings.nginx_bin, Path(self.settings.state_dir) / "nginx-check",
-                        self.modules)
+                        self.modules, main[1] if main else "")
         except NginxError as exc:
-            rejected = self.output.with_name(self.output.name + ".rejected")
             kept = f"live file {self.output} kept"
             with contextlib.suppress(OSError):
-                write_atomic(rejected, candidate)
-                write_atomic(rejected.with_name(rejected.name + ".err"), exc.output + "\n")
-                kept += f", candidate saved as {rejected}"
+                for path, text in ((self.output, candidate), *([main] if main else [])):
+                    rejected = path.with_name(path.name + ".rejected")
+                    write_atomic(rejected, text)
+                    write_atomic(rejected.with_name(rejected.name + ".err"), exc.output + "\n")
+                kept += f", candidate saved as {self.output.name}.rejected"
             raise exc.noted(kept) from None
 
-    def _install(self, candidate: str) -> None:
-        """Swap the file in, then nginx -t the whole config; refused -> the previous file is back."""
+    def _install(self, files: dict[Path, str]) -> None:
+        """Swap the files in, then nginx -t the whole config; refused -> the previous files are back."""
         from .. import nginx
 
-        undo = swap_in(self.output, candidate)
-        s = self.settings
+        undos: list = []
+
+        def undo_all() -> str:
+            return ", ".join(undo() for undo in reversed(undos)) or "nothing installed"
         try:
+            for path, text in files.items():
+                undos.append(swap_in(path, text))
+            s = self.settings
             nginx.test(s.nginx_bin, s.nginx_conf, s.nginx_prefix)
         except NginxError as exc:
-            raise exc.noted(undo()) from None
+            raise exc.noted(undo_all()) from None
+        except InstallError as exc:  # a second file could not be written: the first goes back too
+            raise InstallError(f"{exc}; {undo_all()}") from None
 
     def reload(self) -> None:
         """Reload nginx; until a reload succeeds, a marker makes every later run retry it.
@@ -175,14 +190,16 @@ class ReloadDriver:
             log.warning("nginx reloaded, but old workers still accept connections after 2 s")
         unmark(self.pending)
 
-    def _clear_rejected(self) -> None:
-        """A candidate went live: an older refused one is no longer news."""
-        rejected = self.output.with_name(self.output.name + ".rejected")
-        for path in (rejected, rejected.with_name(rejected.name + ".err")):
-            path.unlink(missing_ok=True)
 
 
-def _server_lines(text: str) -> list[tuple[str, str, bool]]:
+def _clear_rejected(live: Path) -> None:
+    """A candidate went live: an older refused one is no longer news."""
+    rejected = live.with_name(live.name + ".rejected")
+    for path in (rejected, rejected.with_name(rejected.name + ".err")):
+        path.unlink(missing_ok=True)
+
+
+def server_lines(text: str) -> list[tuple[str, str, bool]]:
     """(name, endpoint, down) of each `server ...;  # name` line the template writes."""
     out = []
     for line in text.splitlines():

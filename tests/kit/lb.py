@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kit.net import connects, free_port, wait_until
 from kit.nginx import Nginx, start_nginx
-from kit.paths import ROOT, WEB_SERVER
+from kit.paths import ECHO_SERVER, ROOT, WEB_SERVER
 from kit.procs import Proc, Processes, died
 from kit.serfnode import SerfNode, start_serf
 
@@ -43,6 +43,14 @@ def start_web(procs: Processes, name: str, ip: str, port: int, *extra: str) -> P
     proc = procs.start(f"web-{name}", [sys.executable, str(WEB_SERVER), "--name", name,
                                        "--bind", ip, "--port", str(port), *extra])
     wait_until(lambda: connects(ip, port) or died(proc), 10, f"web server {name}")
+    return proc
+
+
+def start_echo(procs: Processes, name: str, ip: str, port: int) -> Proc:
+    """lab/echoserver.py on ip:port: a TCP backend answering each line with `name: line`."""
+    proc = procs.start(f"echo-{name}", [sys.executable, str(ECHO_SERVER), "--name", name,
+                                        "--bind", ip, "--port", str(port)])
+    wait_until(lambda: connects(ip, port) or died(proc), 10, f"echo server {name}")
     return proc
 
 

@@ -19,6 +19,7 @@ from kit.procs import Proc, Processes, died, require
 
 READ_TIMEOUT = 2  # s: the lab's and bench's backends answer at once; a hung one is retried soon
 LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")  # Debian's libnginx-mod-http-lua
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")  # Debian's libnginx-mod-stream
 
 NGINX_CONF = """\
 # The lab's nginx: everything under {prefix}, nothing in /etc/nginx.
@@ -56,6 +57,8 @@ def write_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") 
     (prefix / "run").mkdir(mode=0o700, exist_ok=True)  # the live data plane's control socket
     if LUA_MODULE.exists():  # as on a Debian host with the module installed: loaded, used or not
         write_if_changed(prefix / "main.d" / "lbs_main_lua.conf", (TEMPLATES / "lbs_main_lua.conf").read_text())
+    if STREAM_MODULE.exists():  # as Debian's modules-enabled/50-mod-stream.conf, before TCP pools' file
+        write_if_changed(prefix / "main.d" / "50-mod-stream.conf", f"load_module {STREAM_MODULE};\n")
     user = "user root;\n" if os.geteuid() == 0 else ""  # root's workers would run as nobody
     write_if_changed(prefix / "nginx.conf", NGINX_CONF.format(prefix=prefix, user=user))
     write_if_changed(prefix / "main.d" / "lbs_main.conf", (TEMPLATES / "lbs_main.conf").read_text())
@@ -113,6 +116,11 @@ class Nginx:
         return (self.prefix / "error.log").read_text(errors="replace").count("signal 1 (SIGHUP) received")
 
     @property
+    def stream(self) -> Path:
+        """Where TCP pools' main-context file goes: main.d/, sorted after every load_module."""
+        return self.prefix / "main.d" / "lbs_stream.conf"
+
+    @property
     def control_socket(self) -> Path:
         return self.prefix / "run" / "control.sock"
 
@@ -122,6 +130,7 @@ class Nginx:
             "LBSYNC_CONTROL_SOCKET": str(self.control_socket),
             "LBSYNC_RPC_ADDR": rpc_addr,
             "LBSYNC_OUTPUT": str(self.upstream),
+            "LBSYNC_STREAM_OUTPUT": str(self.stream),
             "LBSYNC_NGINX_CONF": str(self.conf),
             "LBSYNC_NGINX_PREFIX": str(self.prefix),
             "LBSYNC_RELOAD_COMMAND": self.reload_command,

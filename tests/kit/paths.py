@@ -6,3 +6,4 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "lbsync" / "templates"
 LAB = ROOT / "lab"
 WEB_SERVER = LAB / "webserver.py"  # what a lab web node serves with; tests and bench use it too
+ECHO_SERVER = LAB / "echoserver.py"  # the lab's TCP service (TCP pools)

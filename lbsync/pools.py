@@ -1,0 +1,77 @@
+"""Pools: an LB with `[[pool]]` tables runs each pool through the single-pool selection and plan.
+
+Each pool is seen as the single-pool Settings the rest of the pipeline already knows (its role,
+upstream name, algorithm, hash key, keepalive), with every pool's listeners added to `lb_listen`
+so no member can be one of the LB's own listeners. Its members are the Serf members that serve
+its role (their role tag, or a `port_ROLE` tag from `lbsync agent --service`) plus its static
+members (`static`). What reaches nginx is all pools at once (drivers/pools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import static
+from .members import Selection, Skip, select, serves
+from .plan import Plan
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .config import PoolSettings, Settings
+
+log = logging.getLogger("lbsync")
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool's part of the plan: its settings and what its upstream must hold."""
+
+    pool: PoolSettings
+    plan: Plan
+
+
+def settings_for(settings: Settings, pool: PoolSettings) -> Settings:
+    """`settings` as the single pool `pool` (what select, Plan and the drivers take)."""
+    listeners = tuple(listen for p in settings.pools for listen in p.listen)
+    return dataclasses.replace(settings, role=pool.follows, upstream_name=pool.upstream,
+                               algorithm=pool.algorithm, hash_key=pool.key, keepalive=pool.keepalive,
+                               lb_listen=settings.lb_listen + listeners, pools=())
+
+
+def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
+               unhealthy: frozenset[str]) -> tuple[PoolPlan, ...]:
+    """Every pool's selection (Serf and static members) and plan."""
+    store = static.load(settings.state_dir)
+    plans = []
+    for pool in settings.pools:
+        single = settings_for(settings, pool)
+        serf_names = {str(r.get("Name")) for r in records if serves(r.get("Tags"), pool.follows)}
+        mine, clashes = [], []
+        for record in static.records(store, pool):
+            if record["Name"] in serf_names:
+                clashes.append(Skip(record["Name"], "static member: a Serf member of this pool has the same "
+                                                    "name and is used instead (`lbsync member remove` it)"))
+            else:
+                mine.append(record)
+        selection = select(records + mine, single, held)
+        selection = dataclasses.replace(selection, skipped=selection.skipped + tuple(clashes))
+        plans.append(PoolPlan(pool, Plan.of(single, selection, unhealthy)))
+    return tuple(plans)
+
+
+def merged(plans: tuple[PoolPlan, ...]) -> Selection:
+    """All pools' selections as one, for the record, the health checks and the log: a skip
+    names its pool; a node in two pools is one backend per pool."""
+    by_status: dict[str, set[str]] = {}
+    for p in plans:
+        for status, names in p.plan.selection.by_status.items():
+            by_status.setdefault(status, set()).update(names)
+    return Selection(
+        backends=tuple(m for p in plans for m in p.plan.backends),
+        skipped=tuple(Skip(s.name, f"pool {p.pool.name}: {s.reason}") for p in plans for s in p.plan.selection.skipped),
+        by_status={status: tuple(sorted(names)) for status, names in by_status.items()},
+    )
