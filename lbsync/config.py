@@ -125,7 +125,7 @@ class AgentSettings(Checked):
             return True
         default = type(self).__dataclass_fields__[key].default
         first = dict(zip(("role", "port", "weight"), rules.service_parts(self.services[0])))[key]
-        return True
+        return getattr(self, key) in (default, first)
 
 
 @dataclass(frozen=True)

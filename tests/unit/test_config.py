@@ -74,3 +74,27 @@ def test_config_command_shows_values_sources_and_hides_secrets(tmp_path):
     assert 'role = "api"  # environment variable LBSYNC_ROLE' in lines
     assert "rpc_auth = (set, hidden)  # " + f"{path}:1" in lines and "s3cret" not in done.stdout
     assert 'upstream_name = "lbs_backend"  # default' in lines
+
+
+def test_agent_services_from_file_environment_and_flags(tmp_path):
+    path = write(tmp_path, '[agent]\nservices = ["web:8000", "api:9000:2"]\n')
+    assert load(path, env={}).agent.services == ("web:8000", "api:9000:2")
+    settings = load(path, env={"LBSYNC_AGENT_SERVICES": "web:8000, api:9000"})
+    assert settings.agent.services == ("web:8000", "api:9000")
+    settings = load(path, env={}, overrides={"agent.services": ["admin:8443"]})
+    assert settings.agent.services == ("admin:8443",)
+
+
+@pytest.mark.parametrize("text, env, overrides, message", [
+    ('[agent]\nservices = ["web:8000", "api:99999"]\n', {}, {},
+     r"agent.services \(from .*lbsync.toml:2\): 'api:99999': port '99999' is not an integer in 1..65535"),
+    ("", {"LBSYNC_AGENT_SERVICES": "web:8000,web:8001"}, {},
+     r"agent.services \(from environment variable LBSYNC_AGENT_SERVICES\): role 'web' is given twice"),
+    ('[agent]\nservices = ["web:8000"]\n', {}, {"agent.port": "9090"},
+     r"agent.port \(from flag --set agent.port\): 9090 disagrees with the first service; use --service only"),
+    ('[agent]\nrole = "app"\n', {}, {"agent.services": ["web:8000"]},
+     r"agent.role \(from .*lbsync.toml:2\): 'app' disagrees with the first service; use --service only"),
+], ids=["file", "environment", "port-beside-services", "role-beside-services"])
+def test_bad_agent_services_name_the_setting_and_its_source(tmp_path, text, env, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text), env=env, overrides=overrides)
