@@ -44,7 +44,6 @@ NGINX_MODULES = "/usr/lib/nginx/modules"
 DATA_PLANES = ("auto", "live", "reload")
 ALGORITHMS = ("round_robin", "least_conn", "ip_hash", "hash")
 PROTOCOLS = ("http", "tcp")
-WILDCARDS = ("*", "0.0.0.0", "::")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DAY = 86400.0
 
@@ -314,23 +313,35 @@ class Settings(Checked):
 
 
 def check_pools(pools: tuple[PoolSettings, ...]) -> None:
-    """Across pools: unique names, and no two pools on one listener. A wildcard address takes
-    its port on every address, so `*:80` and `10.0.0.1:80` clash too (nginx -t would not say so;
-    the reload would fail to bind)."""
+    """Across pools: unique names, and no two pools on one listener. A wildcard address takes its
+    port on every address of its family, so `*:80` and `10.0.0.1:80` clash too (nginx -t would
+    not say so; the reload would fail to bind). nginx binds `[::]` IPv6-only."""
     names: set[str] = set()
     taken: dict[tuple[str, int], str] = {}
     for index, pool in enumerate(pools):
-        where = f"pool[{index}]"
         if pool.name in names:
-            raise SettingError(f"{where}.name", f"{pool.name!r} names two pools")
+            raise SettingError(f"pool[{index}].name", f"{pool.name!r} names two pools")
         names.add(pool.name)
-        for listen in pool.listen:
-            host, port = rules.split_hostport(listen)
-            host = "*" if host in WILDCARDS else host
-            for (other_host, other_port), owner in taken.items():
-                if port == other_port and "*" in (host, other_host) or (host, port) == (other_host, other_port):
-                    raise SettingError(f"{where}.listen", f"{listen} clashes with pool {owner!r}'s listener")
-            taken[(host, port)] = pool.name
+        mine = {_listener(listen): listen for listen in pool.listen}
+        for (host, port), listen in mine.items():
+            owner = next((owner for (other, other_port), owner in taken.items()
+                          if other_port == port and _overlap(host, other)), None)
+            if owner is not None:
+                raise SettingError(f"pool[{index}].listen", f"{listen} clashes with pool {owner!r}'s listener")
+        taken.update(dict.fromkeys(mine, pool.name))
+
+
+def _listener(listen: str) -> tuple[str, int]:
+    """(address, port) with the IPv4 wildcards spelled one way."""
+    host, port = rules.split_hostport(listen)
+    return ("0.0.0.0" if host == "*" else host), port
+
+
+def _overlap(first: str, second: str) -> bool:
+    if first == second:
+        return True
+    v4 = [ipaddress.ip_address(host).version == 4 for host in (first, second)]
+    return v4[0] == v4[1] and any(host in ("0.0.0.0", "::") for host in (first, second))
 
 
 def loopback(listen: str) -> bool:

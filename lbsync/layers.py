@@ -117,7 +117,7 @@ def _pool_line_of(path: Path, pool: str, key: str) -> tuple[int | None, int | No
             blocks[-1][name.strip().strip('"')] = number
             if name.strip() == "name":
                 blocks[-1]["=" + value.split("#")[0].strip().strip('"\'')] = number
-    for block in blocks:
+    for block in reversed(blocks):  # two pools of one name: the second is the mistake
         if "=" + pool in block:
             return block.get(key), block["["]
     return None, None

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import static
+from . import rules, static
 from .members import Selection, Skip, select, serves
 from .plan import Plan
 
@@ -34,21 +34,50 @@ class PoolPlan:
     plan: Plan
 
 
-def settings_for(settings: Settings, pool: PoolSettings) -> Settings:
-    """`settings` as the single pool `pool` (what select, Plan and the drivers take)."""
-    listeners = tuple(listen for p in settings.pools for listen in p.listen)
+def settings_for(settings: Settings, pool: PoolSettings, own: tuple[str, ...] | None = None) -> Settings:
+    """`settings` as the single pool `pool` (what select, Plan and the drivers take); `own`: the
+    LB's listeners as `own_listeners` finds them (asked when None)."""
+    own = own_listeners(settings) if own is None else own
     return dataclasses.replace(settings, role=pool.follows, upstream_name=pool.upstream,
                                algorithm=pool.algorithm, hash_key=pool.key, keepalive=pool.keepalive,
-                               lb_listen=settings.lb_listen + listeners, pools=())
+                               lb_listen=settings.lb_listen + own, pools=())
+
+
+def own_listeners(settings: Settings) -> tuple[str, ...]:
+    """Every pool's listeners as addresses a member could have: a wildcard one (`*:80`,
+    `[::]:80`) stands for each of this host's addresses of its family, so a member on this
+    host's port 80 is refused while web nodes elsewhere on port 80 are not."""
+    out: list[str] = []
+    for pool in settings.pools:
+        for listen in pool.listen:
+            host, port = rules.split_hostport(listen)
+            if host in ("*", "0.0.0.0", "::"):
+                out += [f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+                        for addr in local_addresses(6 if host == "::" else 4)]
+            else:
+                out.append(listen)
+    return tuple(out)
+
+
+def local_addresses(version: int) -> list[str]:
+    """This host's addresses of one IP version, now (an LB pair's address comes and goes)."""
+    import socket
+
+    import psutil
+
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    return sorted({a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
+                   for a in addrs if a.family == family})
 
 
 def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
                unhealthy: frozenset[str]) -> tuple[PoolPlan, ...]:
     """Every pool's selection (Serf and static members) and plan."""
     store = static.load(settings.state_dir)
+    own = own_listeners(settings)
     plans = []
     for pool in settings.pools:
-        single = settings_for(settings, pool)
+        single = settings_for(settings, pool, own)
         serf_names = {str(r.get("Name")) for r in records if serves(r.get("Tags"), pool.follows)}
         mine, clashes = [], []
         for record in static.records(store, pool):
