@@ -17,6 +17,7 @@ from . import static
 from .errors import ConfigError
 from .files import locked
 from .members import select, serves
+from .plan import PUSHED, RELOADED
 from .pools import settings_for
 from .rules import printable
 
@@ -63,7 +64,8 @@ def run_member(settings: Settings, args: argparse.Namespace) -> int:
     from .sync import reconcile
 
     result = reconcile(settings, args.source_factory(settings))
-    print(f"{done}; nginx {result.action or 'unchanged'}")
+    how = {RELOADED: "nginx reloaded", PUSHED: "pushed to nginx, no reload"}.get(result.action, "nginx unchanged")
+    print(f"{done}; {how}")
     return 0
 
 

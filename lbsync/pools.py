@@ -36,11 +36,12 @@ class PoolPlan:
 
 def settings_for(settings: Settings, pool: PoolSettings, own: tuple[str, ...] | None = None) -> Settings:
     """`settings` as the single pool `pool` (what select, Plan and the drivers take); `own`: the
-    LB's listeners as `own_listeners` finds them (asked when None)."""
+    LB's listeners as `own_listeners` finds them (asked when None). Each pool's live pool file
+    is the default one of its upstream (`pool_file` names the single pool's)."""
     own = own_listeners(settings) if own is None else own
     return dataclasses.replace(settings, role=pool.follows, upstream_name=pool.upstream,
                                algorithm=pool.algorithm, hash_key=pool.key, keepalive=pool.keepalive,
-                               lb_listen=settings.lb_listen + own, pools=())
+                               lb_listen=settings.lb_listen + own, pool_file="", pools=())
 
 
 def own_listeners(settings: Settings) -> tuple[str, ...]:

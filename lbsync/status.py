@@ -124,12 +124,13 @@ def _pools(settings: Settings, records: list[dict], last: dict, health: dict) ->
     from .pools import merged, plan_pools, settings_for
 
     plans = plan_pools(settings, records, Memory.of(last).endpoints, frozenset())
-    served = PoolsDriver(settings).served_pools()
+    driver = PoolsDriver(settings)
+    served = driver.served_pools()
     pools = []
     for p in plans:
         table = _pool(settings_for(settings, p.pool), records, p.plan.selection, served[p.pool.name], last, health)
         pools.append({**table, "name": p.pool.name, "protocol": p.pool.protocol, "listen": list(p.pool.listen),
-                      "data_plane": "reload"})
+                      "data_plane": "live" if p.pool.name in driver.channels else "reload"})
     return merged(plans), pools
 
 

@@ -92,8 +92,7 @@ class LiveDriver:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.files = ReloadDriver(settings, modules=settings.lua_modules)
-        self.pool_file = Path(settings.pool_file or f"{settings.state_dir}/pool-{settings.upstream_name}.json")
-        self.url = f"/pools/{settings.upstream_name}"
+        self.channel = Channel(settings)
 
     def apply(self, plan: Plan, dry_run: bool) -> Applied:
         pool = Pool.of(plan)
@@ -102,36 +101,19 @@ class LiveDriver:
             return self._restructure(plan, pool, structure, dry_run)
         if not dry_run and self.files.retry_pending():
             log.info("retried the reload that failed last time")
-        held = self._held()
-        if held == pool.digest:
+        if self.channel.held() == pool.digest:
             log.info("unchanged (%d backends); nginx holds pool %s", len(pool.backends), pool.digest[:8])
             return Applied(Outcome.UNCHANGED)
-        diff = self._diff(pool)
+        diff = self.channel.diff(pool)
         if dry_run:
             log.info("dry run: would push %d backends; nothing written", len(pool.backends))
             return Applied(Outcome.DRY_RUN, diff)
-        try:
-            version = self._push(pool)
-        except PushError as exc:  # the file is written: a reload makes nginx's master load it
-            log.warning("%s; falling back to a reload", exc)
-            self.files.reload()
-            self._converge(pool)
-            self._log_update(plan, "pushed after a reload")
-            return Applied(Outcome.UPDATED, diff, RELOADED)
-        self._log_update(plan, f"pushed pool v{version}, no reload")
-        return Applied(Outcome.UPDATED, diff, PUSHED)
+        how, action = push_or_reload(self.channel, pool, self.files)
+        log_update(plan, how)
+        return Applied(Outcome.UPDATED, diff, action)
 
     def served(self) -> Served:
-        """The pool nginx's balancer holds, read back from its control socket."""
-        try:
-            status, reply = control.call(self.settings.control_socket, "GET", self.url)
-        except PushError as exc:
-            return Served("live pool", error=str(exc))
-        if status != 200 or not isinstance(reply, dict):
-            return Served("live pool", error=f"nginx holds no pool for {self.settings.upstream_name} (HTTP {status})")
-        backends = tuple((b["name"], endpoint(b["address"], b["port"]), bool(b["drain"] or b["down"]))
-                         for b in reply.get("backends", []))
-        return Served(f"live pool v{reply.get('version')}", backends)
+        return self.channel.served()
 
     # -- structure: the http-level file, through the reload driver's gates ----------------------
 
@@ -142,7 +124,7 @@ class LiveDriver:
     def _context(self) -> dict:
         s = self.settings
         return {"upstream_name": s.upstream_name, "algorithm": s.algorithm, "hash_key": s.hash_key,
-                "keepalive": s.keepalive, "lua_dir": s.lua_dir, "pool_file": str(self.pool_file),
+                "keepalive": s.keepalive, "lua_dir": s.lua_dir, "pool_file": str(self.channel.pool_file),
                 "control_socket": s.control_socket, "version": __version__}
 
     def _restructure(self, plan: Plan, pool: Pool, text: str, dry_run: bool) -> Applied:
@@ -151,44 +133,86 @@ class LiveDriver:
         if dry_run:
             log.info("dry run: would install the live upstream file and reload; nothing written")
             return Applied(Outcome.DRY_RUN, diff)
-        self._control_dir()
-        self._write_pool(pool)
+        control_dir(self.settings.control_socket)
+        self.channel.write(pool)
         self.files.replace(text)
-        self._converge(pool)
-        self._log_update(plan, "structure changed: nginx reloaded")
+        self.channel.converge(pool)
+        log_update(plan, "structure changed: nginx reloaded")
         return Applied(Outcome.UPDATED, diff, RELOADED)
 
-    def _control_dir(self) -> None:
-        """The socket's directory is its access control: root-only, made here if missing."""
-        directory = Path(self.settings.control_socket).parent
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if directory.stat().st_uid == os.geteuid():
-            directory.chmod(0o700)
 
-    # -- the pool: file, push, read back ---------------------------------------------------------
+def control_dir(socket: str) -> None:
+    """The socket's directory is its access control: root-only, made here if missing."""
+    directory = Path(socket).parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid == os.geteuid():
+        directory.chmod(0o700)
 
-    def _held(self) -> str | None:
+
+def push_or_reload(channel: Channel, pool: Pool, files: ReloadDriver) -> tuple[str, str]:
+    """Push `pool`; when nginx does not take it, reload (its master loads the pool file, written
+    first) and make sure it holds it. Returns how, for the log, and the action."""
+    try:
+        version = channel.push(pool)
+    except PushError as exc:
+        log.warning("%s; falling back to a reload", exc)
+        files.reload()
+        channel.converge(pool)
+        return "pushed after a reload", RELOADED
+    return f"pushed pool v{version}, no reload", PUSHED
+
+
+def log_update(plan: Plan, how: str) -> None:
+    names = ", ".join(m.name for m in plan.backends) or "none"
+    down = plan.down()
+    health = f"; down by health checks: {', '.join(down)}" if down else ""
+    log.info("updated pool %s (%d backends: %s%s); %s", plan.structure.upstream_name,
+             len(plan.backends), names, health, how)
+
+
+class Channel:
+    """One live upstream's pool: its file on disk, the push to nginx's control socket, the read back."""
+
+    def __init__(self, settings: Settings):
+        self.socket = settings.control_socket
+        self.upstream = settings.upstream_name
+        self.pool_file = Path(settings.pool_file or f"{settings.state_dir}/pool-{settings.upstream_name}.json")
+        self.url = f"/pools/{settings.upstream_name}"
+
+    def served(self) -> Served:
+        """The pool nginx's balancer holds, read back from its control socket."""
+        try:
+            status, reply = control.call(self.socket, "GET", self.url)
+        except PushError as exc:
+            return Served("live pool", error=str(exc))
+        if status != 200 or not isinstance(reply, dict):
+            return Served("live pool", error=f"nginx holds no pool for {self.upstream} (HTTP {status})")
+        backends = tuple((b["name"], endpoint(b["address"], b["port"]), bool(b["drain"] or b["down"]))
+                         for b in reply.get("backends", []))
+        return Served(f"live pool v{reply.get('version')}", backends)
+
+    def held(self) -> str | None:
         """The digest of the pool nginx holds now; None when it holds none or cannot be asked."""
         try:
-            status, reply = control.call(self.settings.control_socket, "GET", self.url + "?brief=1")
+            status, reply = control.call(self.socket, "GET", self.url + "?brief=1")
         except PushError as exc:
             log.debug("%s", exc)
             return None
         return reply.get("digest") if status == 200 and isinstance(reply, dict) else None
 
-    def _push(self, pool: Pool) -> int:
+    def push(self, pool: Pool) -> int:
         """File, push, read back; returns the version nginx now holds."""
-        version = self._write_pool(pool)
-        status, reply = control.call(self.settings.control_socket, "PUT", self.url, pool.document(version))
+        version = self.write(pool)
+        status, reply = control.call(self.socket, "PUT", self.url, pool.document(version))
         if status != 200:
             why = reply.get("error") if isinstance(reply, dict) else reply
             raise PushError(f"nginx refused the pool push (HTTP {status}): {why}")
-        held = self._held()
+        held = self.held()
         if held != pool.digest:
             raise PushError(f"nginx holds pool {held} after pushing {pool.digest}")
         return version
 
-    def _write_pool(self, pool: Pool) -> int:
+    def write(self, pool: Pool) -> int:
         """Atomically, before nginx is told: a restart in between loads the new pool."""
         version = self._file_version() + 1
         try:
@@ -207,29 +231,22 @@ class LiveDriver:
             return 0
         return version if isinstance(version, int) else 0
 
-    def _converge(self, pool: Pool) -> None:
+    def converge(self, pool: Pool) -> None:
         """After a reload: wait for the new config's socket, then make sure it holds `pool`."""
         deadline = time.monotonic() + CONVERGE
-        while self._held() != pool.digest:
+        while self.held() != pool.digest:
             try:
-                self._push(pool)
+                self.push(pool)
                 return
             except PushError as exc:
                 if time.monotonic() > deadline:
                     raise PushError(f"nginx was reloaded but does not hold the pool: {exc}") from None
             time.sleep(0.02)
 
-    def _diff(self, pool: Pool) -> str:
+    def diff(self, pool: Pool) -> str:
         """The pool on file against the plan's, one line per backend."""
         try:
             before = Pool(pool.upstream, tuple(json.loads(self.pool_file.read_bytes())["backends"]), "").lines()
         except (OSError, ValueError, KeyError, TypeError):
             before = []
         return unified_diff("".join(before), "".join(pool.lines()), str(self.pool_file))
-
-    def _log_update(self, plan: Plan, how: str) -> None:
-        names = ", ".join(m.name for m in plan.backends) or "none"
-        down = plan.down()
-        health = f"; down by health checks: {', '.join(down)}" if down else ""
-        log.info("updated pool %s (%d backends: %s%s); %s", plan.structure.upstream_name,
-                 len(plan.backends), names, health, how)
