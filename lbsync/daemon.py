@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from . import metrics, sync
 from .config import Settings
-from .drivers.base import data_plane
+from .drivers.base import pushes_only
 from .errors import LbsyncError, SourceError
 from .health import Checker, targets_for
 from .layers import config_path, load
@@ -77,7 +77,7 @@ class Daemon:
         self.seen: tuple | None = None  # (member key, unhealthy) last observed
         self.counters: tuple | None = None  # Serf's stats key at the last full poll
         self.next_members = 0.0
-        self.live = data_plane(settings) == "live"
+        self.live = pushes_only(settings)
         self.ready = False  # READY=1 sent to systemd
         self.debounce = Debounce()
         self.backoff = Backoff(settings.daemon.reconnect_max)
@@ -302,7 +302,7 @@ class Daemon:
             log.info("config reloaded: no change")
             return
         old, self.settings = self.settings, new
-        self.live = data_plane(new) == "live"
+        self.live = pushes_only(new)
         log.info("config reloaded; re-rendering")
         if (old.rpc_addr, old.rpc_auth, old.rpc_timeout) != (new.rpc_addr, new.rpc_auth, new.rpc_timeout):
             self._drop_client()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from .config import AgentSettings
 from .errors import SourceError
+from .rules import service_parts
 
 log = logging.getLogger("lbsync")
 
@@ -25,7 +26,8 @@ def drain(client, agent: AgentSettings, pause: Callable[[float], None], urgent: 
     """Tag drain=1, then wait (bounded) until the LB has stopped sending us new requests."""
     client.tags(set={"drain": "1"})
     push_state(client, agent)
-    source = f"access log {agent.log_file}" if agent.log_file else f"connections to port {agent.port}"
+    ports = ", ".join(map(str, served_ports(agent)))
+    source = f"access log {agent.log_file}" if agent.log_file else f"connections to port {ports}"
     log.info("draining: drain=1 set; waiting for %g s without a new request (%s), at most %g s",
              agent.drain_quiet, source, agent.drain_timeout)
     started = time.monotonic()
@@ -82,11 +84,17 @@ def activity_probe(agent: AgentSettings) -> Callable[[], object]:
                 return None
             return stat.st_size, stat.st_mtime_ns, stat.st_ino
         return log_state
-    return lambda: _connections(agent.port)
+    ports = frozenset(served_ports(agent))
+    return lambda: _connections(ports)
 
 
-def _connections(port: int) -> frozenset:
-    """Remote ends of TCP connections to our web port (a new one means a new request)."""
+def served_ports(agent: AgentSettings) -> list[int]:
+    """The ports the node serves on: every --service's, else `port`."""
+    return [service_parts(spec)[1] for spec in agent.services] or [agent.port]
+
+
+def _connections(ports: frozenset[int]) -> frozenset:
+    """Remote ends of TCP connections to our service ports (a new one means a new request)."""
     import psutil
 
     try:
@@ -94,4 +102,4 @@ def _connections(port: int) -> frozenset:
     except (psutil.Error, OSError):
         return frozenset()
     return frozenset(c.raddr for c in conns
-                     if c.laddr and c.laddr.port == port and c.raddr and c.status == "ESTABLISHED")
+                     if c.laddr and c.laddr.port in ports and c.raddr and c.status == "ESTABLISHED")

@@ -101,15 +101,20 @@ class Collector:
         for status in sorted(set(record.SERF_STATUSES) | set(counts)):
             family.add_metric([status], counts.get(status, 0))
         yield family
-        backends = [name for name in self.data.get("backends") or [] if isinstance(name, str)]
-        yield _one(Gauge("lbsync_backends", "Backends in the pool lbsync applied.", labels=["pool"]), [pool],
-                   len(backends))
+        pools = record.mapping(self.data, "pools") or {pool: self.data.get("backends") or []}  # [[pool]]s or one
+        backends = {name: [b for b in names if isinstance(b, str)] for name, names in pools.items()
+                    if isinstance(names, list)}
+        sizes = Gauge("lbsync_backends", "Backends in the pool lbsync applied.", labels=["pool"])
+        for name, names in sorted(backends.items()):
+            sizes.add_metric([name], len(names))
+        yield sizes
         unhealthy = set((self.daemon or {}).get("unhealthy") or [])
         family = Gauge("lbsync_backend_up", "1 while a backend takes new requests (in the pool, not "
                                             "draining, not down by health checks).", labels=["pool", "backend"])
-        for name in sorted(backends):
-            up = states.get(name) in ("serving", "held") and name not in unhealthy
-            family.add_metric([pool, name], int(up))
+        for name, names in sorted(backends.items()):
+            for backend in sorted(names):
+                up = states.get(backend) in ("serving", "held") and backend not in unhealthy
+                family.add_metric([name, backend], int(up))
         yield family
 
     def _times(self, Gauge) -> Iterator[Any]:

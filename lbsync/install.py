@@ -130,7 +130,9 @@ def _lb_targets(args, handlers: Path, ip, node: dict, keys: dict) -> tuple[str, 
         Target(f"{SYSTEMD}/lbsync-run.service", _read(handlers / "systemd/lbsync-run.service")),
         # the autoscaler runs only where an operator enables it (it acts on a cloud or commands)
         Target(f"{SYSTEMD}/lbsync-autoscale.service", _read(handlers / "systemd/lbsync-autoscale.service")),
-        Target("/etc/nginx/conf.d/lbs_site.conf", _site(listen, settings, args.read_timeout)),
+        # with [[pool]] tables lbsync renders every listener itself: the single pool's site must go
+        Target("/etc/nginx/conf.d/lbs_site.conf",
+               None if operator_pools(Path(args.root)) else _site(listen, settings, args.read_timeout)),
         Target("/etc/tmpfiles.d/lbsync.conf", TMPFILES),
         Target(UPSTREAM, _empty_upstream(settings), keep=True),
         Target("/etc/nginx/modules-enabled/50-lbsync-main.conf", _read(PACKAGE_TEMPLATES / "lbs_main.conf")),
@@ -165,6 +167,19 @@ def _site(listen: list[str], settings: Settings, read_timeout: int) -> bytes:
     return render(PACKAGE_TEMPLATES / "lbs_site.conf.j2", {
         "listen": listen, "upstream_name": settings.upstream_name, "error_root": ERROR_ROOT,
         "read_timeout": read_timeout}).encode()
+
+
+def operator_pools(root: Path) -> bool:
+    """Whether the operator's lbsync.d/*.toml (install never writes there) declares [[pool]] tables."""
+    import tomllib
+
+    for path in sorted((root / "etc/lbsync/lbsync.d").glob("*.toml")):
+        try:
+            if tomllib.loads(path.read_text()).get("pool"):
+                return True
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return False
 
 
 def _empty_upstream(settings: Settings) -> bytes:

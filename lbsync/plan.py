@@ -105,6 +105,7 @@ class SyncResult:
     selection: Selection | None = field(default=None, compare=False)
     action: str = ""  # what the driver did to nginx: "nginx reloaded", "pushed" or ""
     hold: Hold = field(default_factory=lambda: Hold())  # backends kept by the collapse guard
+    pools: tuple[tuple[str, tuple[str, ...]], ...] = ()  # with [[pool]] tables: (pool, its backends)
 
     @property
     def reloaded(self) -> bool:

@@ -20,11 +20,12 @@ from .drivers.base import Driver, choose
 from .files import locked
 from .guard import Memory, hold
 from .members import Selection, select
-from .plan import MemberSource, Outcome, Plan, SyncResult
+from .plan import Applied, MemberSource, Outcome, Plan, SyncResult
 from .rules import printable
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .pools import PoolPlan
 
 log = logging.getLogger("lbsync")
 
@@ -38,33 +39,47 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
             last = state.read(settings.state_dir, state.LAST_SYNC) or {}  # read once: guard and record
             memory = Memory.of(last)
             records, held = hold(source.members(), memory, time.time(), settings.collapse_grace)  # snapshot
-            if settings.pools:  # [[pool]] tables: every pool selected and planned, applied at once
-                from .drivers.pools import PoolsDriver
-                from .pools import merged, plan_pools
-
-                plans = plan_pools(settings, records, memory.endpoints, unhealthy)
-                selection = merged(plans)
-                log_skips(selection)
-                plan = Plan.of(settings, selection, unhealthy)
-                applying = time.monotonic()
-                applied = PoolsDriver(settings).apply(plans, dry_run)
-            else:
-                selection = select(records, settings, memory.endpoints)
-                log_skips(selection)
-                plan = Plan.of(settings, selection, unhealthy)
-                applying = time.monotonic()
-                applied = (driver or choose(settings)).apply(plan, dry_run)
+            selection, plan, plans = plan_all(settings, records, memory, unhealthy)
+            applying = time.monotonic()
+            applied = apply(settings, plan, plans, dry_run, driver)
         except Exception as exc:  # recorded under the lock for `lbsync status` and the metrics
             if not dry_run:
                 state.record_failure(settings, exc, time.monotonic() - started)
             raise
         result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff,
-                            selection, applied.action, held)
+                            selection, applied.action, held,
+                            tuple((p.pool.name, tuple(m.name for m in p.plan.backends)) for p in plans))
         if applied.outcome is not Outcome.DRY_RUN:
             done = time.monotonic()
             state.record_sync(settings, result, (done - started, done - applying), last)
             pair.publish(settings, plan)  # an LB pair's pool digest as a Serf tag; nothing without `vip`
     return result
+
+
+def plan_all(settings: Settings, records: list[dict], memory: Memory,
+             unhealthy: frozenset[str]) -> tuple[Selection, Plan, tuple[PoolPlan, ...]]:
+    """select + plan: the single pool, or every [[pool]] (then `plan` is their union, for the
+    record and the LB pair's digest, and each pool's own plan comes third)."""
+    plans: tuple[PoolPlan, ...] = ()
+    if settings.pools:
+        from .pools import merged, plan_pools
+
+        plans = plan_pools(settings, records, memory.endpoints, unhealthy)
+        selection = merged(plans)
+    else:
+        selection = select(records, settings, memory.endpoints)
+    log_skips(selection)
+    return selection, Plan.of(settings, selection, unhealthy), plans
+
+
+def apply(settings: Settings, plan: Plan, plans: tuple[PoolPlan, ...], dry_run: bool,
+          driver: Driver | None) -> Applied:
+    """Through the data-plane driver: every pool at once with [[pool]] tables."""
+    if settings.pools:
+        from .drivers.pools import PoolsDriver
+
+        return PoolsDriver(settings).apply(plans, dry_run)
+    return (driver or choose(settings)).apply(plan, dry_run)
 
 
 def log_skips(selection: Selection) -> None:

@@ -46,3 +46,9 @@ def data_plane(settings: Settings) -> str:
     if settings.data_plane != "auto":
         return settings.data_plane
     return "live" if all(os.path.exists(module) for module in settings.lua_modules) else "reload"
+
+
+def pushes_only(settings: Settings) -> bool:
+    """Whether a membership change never costs a reload: the live data plane, and no TCP pool
+    (those are always rendered and reloaded). The daemon budgets reloads only when it may."""
+    return data_plane(settings) == "live" and all(pool.protocol == "http" for pool in settings.pools)

@@ -9,6 +9,7 @@ records events instead of running lbsync. Every process is stopped by PID (the `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,10 +26,12 @@ from kit.procs import Processes, require
 from kit.records import decoded, record
 from kit.serfnode import SerfNode, start_serf_from
 
+from lbsync.drivers.pools import render_pools
 from lbsync.drivers.reload import render_upstream
 from lbsync.layers import load
 from lbsync.members import select
 from lbsync.plan import Plan
+from lbsync.pools import plan_pools
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +245,33 @@ def test_systemd_analyze_verify_accepts_the_units(roots):
     output = done.stdout + done.stderr
     ours = [line for line in output.splitlines() if str(units) in line or "lbsync" in line]
     assert done.returncode == 0 and not ours, output
+
+
+def test_with_pools_in_lbsync_d_the_single_site_goes_and_nginx_takes_the_pools(roots):
+    (roots.lb / "etc/lbsync/lbsync.d").mkdir(parents=True, exist_ok=True)
+    (roots.lb / "etc/lbsync/lbsync.d/pools.toml").write_text(
+        f'[[pool]]\nname = "web"\nlisten = ["127.0.0.1:{roots.nginx_port}"]\n'
+        '[[pool]]\nname = "db"\nprotocol = "tcp"\nlisten = ["127.0.0.1:0"]\n'.replace(":0", f":{free_port()}"))
+    site = roots.lb / "etc/nginx/conf.d/lbs_site.conf"
+    assert site.exists()
+    done = provision("lb.sh", roots.lb, roots.secrets, "--name", "lb", "--ip", LB_IP,
+                     "--network", NETWORK, "--listen", f"127.0.0.1:{roots.nginx_port}")
+    assert done.returncode == 0, done.stderr
+    assert not site.exists() and "lbs_site.conf" in done.stdout
+    again = provision("lb.sh", roots.lb, roots.secrets, "--name", "lb", "--ip", LB_IP,
+                      "--network", NETWORK, "--listen", f"127.0.0.1:{roots.nginx_port}")
+    assert "changed 0 of" in again.stdout and not site.exists()
+    # what `lbsync sync` renders there, with Debian's libnginx-mod-stream enabled: nginx takes it
+    (roots.lb / "etc/nginx/modules-enabled/50-mod-stream.conf").write_text(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n")
+    settings = dataclasses.replace(load(roots.lb / "etc/lbsync/lbsync.toml", env={}), data_plane="reload",
+                                   state_dir=str(roots.tmp / "state"))
+    records = [decoded(record(f"web{n}", f"192.168.56.{10 + n}", port="80")) for n in (1, 2)]
+    records.append(decoded(record("db1", "192.168.56.20", role="db", port="5432")))
+    text = render_pools(settings, plan_pools(settings, records, {}, frozenset()))
+    http, stream = text.split("# ---- ")[1:]
+    (roots.lb / settings.output.lstrip("/")).write_text(http.partition("\n")[2])
+    (roots.lb / settings.stream_output.lstrip("/")).write_text(stream.partition("\n")[2])
+    done = nginx_test(roots.lb, roots.tmp)
+    assert done.returncode == 0, done.stderr
+    assert "server 192.168.56.20:5432;  # db1" in (roots.lb / settings.stream_output.lstrip("/")).read_text()

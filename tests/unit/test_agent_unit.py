@@ -201,3 +201,11 @@ def test_cli_refuses_bad_config_with_one_line_and_ex_config(args, message):
                             text=True, env=env, timeout=30, check=False)
     assert result.returncode == os.EX_CONFIG == 78
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_drain_watches_every_service_port():
+    from lbsync.config import AgentSettings
+    from lbsync.drain import served_ports
+
+    assert served_ports(AgentSettings(port=8080)) == [8080]
+    assert served_ports(AgentSettings(services=("web:8000", "api:9000:2"))) == [8000, 9000]

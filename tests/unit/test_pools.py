@@ -268,3 +268,20 @@ def test_a_wildcard_listener_refuses_this_host_only(tmp_path):
     (plan,) = plan_pools(s, records, {}, frozenset())
     assert [m.name for m in plan.plan.backends] == ["far"]
     assert "own listen address" in plan.plan.selection.skipped[0].reason
+
+
+def test_every_pool_has_its_own_metrics_labels(tmp_path):
+    from lbsync import exposition, state
+    from lbsync.plan import Outcome, SyncResult
+    from lbsync.pools import merged
+
+    s = settings(tmp_path)
+    plans = plan_pools(s, RECORDS, {}, frozenset())
+    selection = merged(plans)
+    result = SyncResult(Outcome.UPDATED, selection.backends, selection.skipped, "", selection, "pushed",
+                        pools=tuple((p.pool.name, tuple(m.name for m in p.plan.backends)) for p in plans))
+    state.record_sync(s, result)
+    text = exposition.text(s, state.read(s.state_dir, state.LAST_SYNC) or {}).decode()
+    assert 'lbsync_backends{pool="web"} 2.0' in text and 'lbsync_backends{pool="db"} 2.0' in text
+    assert 'lbsync_backend_up{backend="web2",pool="api"} 1.0' in text
+    assert 'lbsync_backend_up{backend="api1",pool="api"} 0.0' in text  # draining
