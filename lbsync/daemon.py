@@ -33,6 +33,7 @@ from .config import Settings
 from .drivers.base import pushes_only
 from .errors import LbsyncError, SourceError
 from .health import Checker, targets_for
+from .pools import http_backends
 from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, stats_key, throttle_left
 from .plan import SyncResult
@@ -268,7 +269,7 @@ class Daemon:
                 left = result.hold.since + self.settings.collapse_grace - time.time()
                 self.next_resync = min(self.next_resync, now + max(left, 0.0) + 0.01)
             if self.health is not None:
-                self.health.set_targets(targets_for(result.backends))
+                self.health.set_targets(targets_for(http_backends(self.settings, result.backends)))
         self._publish()
 
     def _notify(self, status: str) -> None:

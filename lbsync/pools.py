@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import rules, static
-from .members import Selection, Skip, select, serves
+from .members import Member, Selection, Skip, select, serves
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
                 mine.append(record)
         selection = select(records + mine, single, held)
         selection = dataclasses.replace(selection, skipped=selection.skipped + tuple(clashes))
-        plans.append(PoolPlan(pool, Plan.of(single, selection, unhealthy)))
+        plans.append(PoolPlan(pool, Plan.of(single, selection, unhealthy if pool.protocol == "http" else frozenset())))
     return tuple(plans)
 
 
@@ -105,3 +105,12 @@ def merged(plans: tuple[PoolPlan, ...]) -> Selection:
         skipped=tuple(Skip(s.name, f"pool {p.pool.name}: {s.reason}") for p in plans for s in p.plan.selection.skipped),
         by_status={status: tuple(sorted(names)) for status, names in by_status.items()},
     )
+
+
+def http_backends(settings: Settings, backends: tuple[Member, ...]) -> tuple[Member, ...]:
+    """The backends HTTP health checks may probe: all of a single pool, the HTTP pools' ones with
+    [[pool]] tables (a TCP service would fail an HTTP GET; TCP pools have no active checks yet)."""
+    if not settings.pools:
+        return backends
+    roles = {pool.follows for pool in settings.pools if pool.protocol == "http"}
+    return tuple(m for m in backends if m.role in roles)

@@ -285,3 +285,14 @@ def test_every_pool_has_its_own_metrics_labels(tmp_path):
     assert 'lbsync_backends{pool="web"} 2.0' in text and 'lbsync_backends{pool="db"} 2.0' in text
     assert 'lbsync_backend_up{backend="web2",pool="api"} 1.0' in text
     assert 'lbsync_backend_up{backend="api1",pool="api"} 0.0' in text  # draining
+
+
+def test_health_checks_probe_http_pools_only(tmp_path):
+    from lbsync.pools import http_backends, merged
+
+    s = settings(tmp_path)
+    plans = plan_pools(s, RECORDS, {}, frozenset({"db1", "web1"}))
+    checked = {(m.name, m.port) for m in http_backends(s, merged(plans).backends)}
+    assert checked == {("web1", 8000), ("web2", 8000), ("web2", 9000), ("api1", 9000)}
+    db = next(p.plan for p in plans if p.pool.name == "db")
+    assert db.down() == []  # an HTTP verdict never takes a TCP backend down
