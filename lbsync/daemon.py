@@ -33,10 +33,10 @@ from .config import Settings
 from .drivers.base import pushes_only
 from .errors import LbsyncError, SourceError
 from .health import Checker, targets_for
-from .pools import http_backends
 from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, stats_key, throttle_left
 from .plan import SyncResult
+from .pools import http_backends
 from .sdnotify import notify
 from .serf import RpcTarget, SerfClient, connect, lb_members
 

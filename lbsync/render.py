@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .config import PACKAGE_TEMPLATES  # imports are looked up there after the template's own directory
 from .errors import TemplateError
 
 HEADER = "# lbsync fingerprint={inputs} body={body}\n"
@@ -48,7 +49,8 @@ def fingerprint(template: str | Path, context: dict[str, Any]) -> str:
     source = _read(path)
     digest = hashlib.sha256(source)
     for name in sorted(set(IMPORTS.findall(source))):
-        digest.update(_read(path.with_name(name.decode())))
+        imported = path.with_name(name.decode())
+        digest.update(_read(imported if imported.exists() else PACKAGE_TEMPLATES / imported.name))
     digest.update(json.dumps(context, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
 
@@ -96,7 +98,7 @@ def _environment(directory: str):
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
+        loader=jinja2.FileSystemLoader([directory, str(PACKAGE_TEMPLATES)]),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,

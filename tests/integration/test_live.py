@@ -111,7 +111,7 @@ def test_a_structure_change_passes_both_gates_and_a_broken_one_leaves_the_pool_s
     assert done.returncode == 0, done.stderr
     assert lb.reloads() == before + 1 and '"least_conn"' in lb.upstream()
     assert lb.served_by() == {"serf-web1", "serf-web2"}  # the pool came back with the new structure
-    template.write_text(template.read_text().replace("lua_shared_dict", "lua_shared_dict_typo"))
+    template.write_text(template.read_text() + "lua_shared_dict_typo lbsync_live 1m;\n")  # nginx refuses it
     broken = lb.lbsync("--set", "algorithm=round_robin", "sync")
     assert broken.returncode == 65 and "nginx rejected the candidate" in broken.stderr
     assert (lb.nginx.upstream.parent / "lbs_upstream.conf.rejected").exists()
