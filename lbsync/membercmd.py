@@ -61,11 +61,11 @@ def run_member(settings: Settings, args: argparse.Namespace) -> int:
             del members[args.name]
             done = f"removed {args.name} from pool {pool.name}"
         static.save(settings.state_dir, store)
+    print(done, flush=True)  # stored: should the sync below fail, the next reconcile applies it
     from .sync import reconcile
 
     result = reconcile(settings, args.source_factory(settings))
-    how = {RELOADED: "nginx reloaded", PUSHED: "pushed to nginx, no reload"}.get(result.action, "nginx unchanged")
-    print(f"{done}; {how}")
+    print({RELOADED: "nginx reloaded", PUSHED: "pushed to nginx, no reload"}.get(result.action, "nginx unchanged"))
     return 0
 
 

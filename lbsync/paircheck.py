@@ -103,7 +103,7 @@ def observe(settings: Settings, quiet: bool = True) -> Look:
     from .members import select
     from .pacing import Snapshot
     from .plan import Outcome, Plan
-    from .serf import connect
+    from .serf import connect, lb_members
     from .sync import reconcile
 
     look = Look()
@@ -112,7 +112,7 @@ def observe(settings: Settings, quiet: bool = True) -> Look:
         with connect(settings) as client:
             stats = client.stats()
             lbs = client.members_filtered(tags={"role": LB_ROLE})
-            records = client.members_filtered(tags={"role": settings.role})
+            records = lb_members(client, settings)
         look.name, tags = str(stats.get("agent", {}).get("name", "")), stats.get("tags") or {}
         look.own_tag = tags.get(TAG)
         look.peers = {str(m.get("Name")): {"status": m.get("Status"), "digest": (m.get("Tags") or {}).get(TAG)}

@@ -10,7 +10,6 @@ members (`static`). What reaches nginx is all pools at once (drivers/pools).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,9 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from .config import PoolSettings, Settings
-
-log = logging.getLogger("lbsync")
-
 
 @dataclass(frozen=True)
 class PoolPlan:

@@ -1,12 +1,14 @@
 """The pools driver: several pools on one LB (`[[pool]]`), HTTP and TCP, through nginx's gates.
 
 Two managed files hold every pool: HTTP pools (upstream + server block each) in `output`, at
-http level, and TCP pools in `stream_output`, a main-context `stream {}` file. Both are rendered
-(fingerprint header: the unchanged path renders nothing), checked together by `nginx -t` in a
-throwaway wrapper, installed (nginx -t on the real config, refused: both put back) and nginx is
-reloaded, with the reload driver's pending mark. Every pool change costs a reload here; HTTP
-pools on the live data plane are a later step (Debian ships no stream Lua module, so TCP pools
-stay on this path anyway).
+http level, and TCP pools in `stream_output`, a main-context `stream {}` file. A file that must
+change is rendered (fingerprint header: the unchanged path renders nothing), both are checked
+together by `nginx -t` in a throwaway wrapper, installed (nginx -t on the real config, refused:
+both put back) and nginx is reloaded, with the reload driver's pending mark.
+
+On the live data plane the HTTP file holds only the structure (Lua balancers, listeners) and
+each HTTP pool's members are pushed through its own `Channel`, as the single-pool live driver
+does; TCP pools always take the render + reload path (Debian ships no stream Lua module).
 """
 
 from __future__ import annotations
@@ -144,9 +146,10 @@ class PoolsDriver:
         return Served(f"files {self.http}, {self.stream}", rows)
 
     def served_pools(self) -> dict[str, Served]:
-        """pool name -> the servers its upstream lists in the installed files."""
+        """pool name -> what nginx serves for it: a live pool read back from nginx, the others'
+        servers as their upstream lists them in the installed files."""
+        out = {name: channel.served() for name, channel in self.channels.items()}
         pending = " (reload pending)" if self.files.pending.exists() else ""
-        out: dict[str, Served] = {}
         for path in (self.http, self.stream):
             try:
                 text = read_text(path) or ""
@@ -154,9 +157,7 @@ class PoolsDriver:
                 return {pool.name: Served(f"file {path}", error=str(exc)) for pool in self.settings.pools}
             for pool in self.settings.pools:
                 block = _upstream_block(text, pool.upstream)
-                if pool.name in self.channels:
-                    out[pool.name] = self.channels[pool.name].served()
-                elif block is not None:
+                if pool.name not in out and block is not None:
                     out[pool.name] = Served(f"file {path}{pending}", tuple(server_lines(block)))
         for pool in self.settings.pools:
             out.setdefault(pool.name, Served("files", error=f"no upstream {pool.upstream} installed yet"))

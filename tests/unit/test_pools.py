@@ -296,3 +296,18 @@ def test_health_checks_probe_http_pools_only(tmp_path):
     assert checked == {("web1", 8000), ("web2", 8000), ("web2", 9000), ("api1", 9000)}
     db = next(p.plan for p in plans if p.pool.name == "db")
     assert db.down() == []  # an HTTP verdict never takes a TCP backend down
+
+
+def test_status_and_the_page_show_every_pool_with_its_listener(tmp_path):
+    from lbsync import status, statuspage
+
+    s = settings(tmp_path)
+    data = status.model(s, RECORDS)
+    pools = {p["name"]: p for p in data["pools"]}
+    assert list(pools) == ["web", "api", "db"]
+    assert pools["db"]["protocol"] == "tcp" and "no upstream lbs_db installed yet" in pools["db"]["served"]["error"]
+    assert {b["name"] for b in pools["api"]["backends"]} == {"api1", "web2"}
+    text = status.text(data)
+    assert "pool db (TCP on 127.0.0.1:5432, " in text and "pool api (HTTP on 127.0.0.1:8080, " in text
+    page = statuspage.page(s, RECORDS, {})
+    assert "TCP on 127.0.0.1:5432" in page and 'id="pool-api"' in page
