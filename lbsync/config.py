@@ -131,8 +131,10 @@ class AgentSettings(Checked):
 class DaemonSettings(Checked):
     """`lbsync run`: how fast it follows Serf and how often it reloads nginx."""
 
-    poll_interval: float = spec(0.03, number(0, 60, low_open=True))  # Serf's stats: cheap change counters
-    members_interval: float = spec(0.25, number(0, 60, low_open=True))  # the full list at least this often
+    follow_log: bool = spec(True, rules.boolean)  # serf's log (RPC monitor) says when a member changed
+    idle_interval: float = spec(1.0, number(0, 60, low_open=True))  # following the log: full list this often
+    poll_interval: float = spec(0.03, number(0, 60, low_open=True))  # not following: Serf's stats counters
+    members_interval: float = spec(0.25, number(0, 60, low_open=True))  # not following: the full list
     debounce_min: float = spec(0.02, number(0, 60))  # quiet after the last change: one unchanged poll
     debounce_max: float = spec(0.5, number(0, 60))  # never wait longer under continuous churn
     min_reload_interval: float = spec(1.0, number(0, 3600))

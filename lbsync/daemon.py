@@ -1,14 +1,17 @@
 """`lbsync run`: the long-running LB mode.
 
 Serf coalesces member events (handlers and RPC event streams alike) for about a second, but the
-agent's member list is current within milliseconds. So the daemon polls on one persistent
-connection: Serf's `stats` every `poll_interval` (a few counters that move on every join, leave
-and failure: cheap enough to ask 50 times a second), and the full `members-filtered` list when
-they moved, and at least every `members_interval` (a peer's tag update, such as drain, moves no
-counter). Any change, a health verdict flipping, an edited template or config, a (re)connect and
-a periodic timer are all just triggers for the same `reconcile()` the hook runs, fed the snapshot
-already in hand. One loop, one thread for Serf (the client is not thread-safe); health probes and
-the file watcher run in their own threads and only raise flags.
+agent's member list is current within milliseconds, and its log says so as it happens. So the
+daemon follows the agent's log on a second connection (`serflog`, `daemon.follow_log`) and reads
+the member list on one persistent connection when a member event is logged, and at least every
+`idle_interval` as a safety net. While the log is not followed it polls instead: Serf's `stats`
+every `poll_interval` (counters that move on every join, leave and failure) and the full list
+when they moved, and at least every `members_interval` (a peer's tag update, such as drain,
+moves no counter). Any change, a health verdict flipping, an edited template or config, a
+(re)connect and a periodic timer are all just triggers for the same `reconcile()` the hook runs,
+fed the snapshot already in hand. One loop, one thread per connection to Serf (a client is not
+thread-safe); the log reader, health probes and the file watcher run in their own threads and
+only raise flags, each of which also wakes the loop.
 
 Per tick: apply requested reloads -> (re)connect -> poll -> note changes -> reconcile when due.
 With the live data plane a change is pushed as soon as it is seen: a push costs no reload. With
@@ -39,6 +42,7 @@ from .plan import SyncResult
 from .pools import http_backends
 from .sdnotify import notify
 from .serf import RpcTarget, SerfClient, connect, lb_members
+from .serflog import LogWatch
 
 if TYPE_CHECKING:
     from .statuspage import StatusServer
@@ -47,6 +51,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("lbsync")
 
 Reconcile = Callable[..., SyncResult]
+
+
+class Flag(threading.Event):
+    """An Event that also wakes the daemon's loop when set (from a signal handler or a thread)."""
+
+    def __init__(self, wakeup: threading.Event):
+        super().__init__()
+        self._wakeup = wakeup
+
+    def set(self) -> None:
+        super().set()
+        self._wakeup.set()
 
 
 def run_daemon(settings: Settings, args: argparse.Namespace) -> int:
@@ -92,9 +108,11 @@ class Daemon:
         self.health: Checker | None = None
         self.watcher: Watcher | None = None
         self.page: StatusServer | None = None
-        self.stopping = threading.Event()
-        self.config_changed = threading.Event()
-        self.template_changed = threading.Event()
+        self.wakeup = threading.Event()  # any flag below, a member event, a health verdict
+        self.stopping = Flag(self.wakeup)
+        self.config_changed = Flag(self.wakeup)
+        self.template_changed = Flag(self.wakeup)
+        self.serf_log: LogWatch | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -109,7 +127,8 @@ class Daemon:
         try:
             while not self.stopping.is_set():
                 self.tick(time.monotonic())
-                self.stopping.wait(self._sleep_time())
+                self.wakeup.wait(self._sleep_time())
+                self.wakeup.clear()  # the flags themselves stay set until tick() handles them
         finally:
             self._shutdown()
         return 0
@@ -122,12 +141,14 @@ class Daemon:
     def _log_start(self) -> None:
         d = self.settings.daemon
         health = f"health GET {d.health_path} every {d.health_interval:g} s" if d.health_path else "health off"
+        follow = (f"serf's log for member events (full list every {d.idle_interval:g} s), else poll"
+                  if d.follow_log else "poll")
         pacing = ("live data plane: changes pushed at once" if self.live else
                   f"reload driver: debounce {d.debounce_min:g}-{d.debounce_max:g} s, min reload interval "
                   f"{d.min_reload_interval:g} s")
-        log.info("run: following serf at %s (role %s), poll %g s (full list every %g s), %s, resync every "
-                 "%g s, %s", self.settings.rpc_addr, self.settings.role, d.poll_interval, d.members_interval,
-                 pacing, d.resync_interval, health)
+        log.info("run: following serf at %s (role %s): %s %g s (full list every %g s), %s, resync every "
+                 "%g s, %s", self.settings.rpc_addr, self.settings.role, follow, d.poll_interval,
+                 d.members_interval, pacing, d.resync_interval, health)
 
     def _shutdown(self) -> None:
         log.info("run: stopping")
@@ -136,6 +157,7 @@ class Daemon:
             self.watcher.stop()
         if self.health is not None:
             self.health.stop()
+        self._stop_log()
         if self.page is not None:
             self.page.stop()
         self._drop_client()
@@ -146,14 +168,18 @@ class Daemon:
         self.published = metrics.publish(self.settings, self.view)
 
     def _sleep_time(self) -> float:
-        """Idle: `poll_interval`. With a change pending, poll at the quiet window's pace, so a
-        slow idle poll (cheap with many members) does not also stretch the debounce."""
+        """Idle: `idle_interval` while serf's log is followed (a member event wakes the loop at
+        once), else `poll_interval`. With a change pending, poll at the quiet window's pace, so a
+        slow idle poll does not also stretch the debounce."""
         if self.client is None:
             return max(0.005, min(self.next_connect - time.monotonic(), 1.0))
         d = self.settings.daemon
         if self.debounce.pending:
             return max(0.005, min(d.poll_interval, d.debounce_min))
-        return d.poll_interval
+        return d.idle_interval if self._following() else d.poll_interval
+
+    def _following(self) -> bool:
+        return self.serf_log is not None and self.serf_log.up
 
     # -- one tick -----------------------------------------------------------------------------
 
@@ -187,17 +213,23 @@ class Daemon:
         self.backoff.reset()
         self.view.set_connected(True, time.time())
         self.debounce.force()  # a full resync after every (re)connect
+        self._follow_log()
         return True
 
     def _poll(self, now: float) -> bool:
-        """Serf's counters; the full member list when they moved, a resync is due, or it is time."""
+        """The full member list when serf logged a member event, its counters moved, a resync is
+        due, or it is time; following the log, the counters are not asked for."""
         assert self.client is not None  # tick() connects first
+        d = self.settings.daemon
+        following = self._following()
+        logged = self.serf_log is not None and self.serf_log.take()
         try:
-            counters = stats_key(self.client.stats())
-            if counters != self.counters or now >= self.next_members or self.debounce.forced:
+            counters = self.counters if following else stats_key(self.client.stats())
+            if logged or counters != self.counters or now >= self.next_members or self.debounce.forced:
                 self.records = lb_members(self.client, self.settings)
                 self.records_key = member_key(self.records)  # once per fetch, not per tick
-                self.counters, self.next_members = counters, now + self.settings.daemon.members_interval
+                self.counters = counters
+                self.next_members = now + (d.idle_interval if following else d.members_interval)
             return True
         except SourceError as exc:
             self._lost(now, exc)
@@ -218,7 +250,21 @@ class Daemon:
         if self.client is not None:
             self.client.close()
             self.client = None
+        self._stop_log()
         self.view.set_connected(False, time.time())
+
+    def _follow_log(self) -> None:
+        """Follow serf's log beside the RPC connection (started again after every reconnect)."""
+        if not self.settings.daemon.follow_log or (self.serf_log is not None and self.serf_log.alive):
+            return
+        settings = self.settings
+        self.serf_log = LogWatch(lambda: self.client_factory(settings), self.wakeup.set)
+        self.serf_log.start()
+
+    def _stop_log(self) -> None:
+        if self.serf_log is not None:
+            self.serf_log.stop()
+            self.serf_log = None
 
     def _observe(self, now: float) -> None:
         unhealthy = self.health.unhealthy() if self.health else frozenset()
@@ -308,6 +354,9 @@ class Daemon:
         if (old.rpc_addr, old.rpc_auth, old.rpc_timeout) != (new.rpc_addr, new.rpc_auth, new.rpc_timeout):
             self._drop_client()
             self.next_connect = 0.0
+        elif old.daemon.follow_log != new.daemon.follow_log:
+            self._stop_log()
+            self._follow_log()
         self.backoff.cap = new.daemon.reconnect_max
         self._set_health(new)
         if old.template != new.template:
@@ -319,7 +368,7 @@ class Daemon:
     def _set_health(self, settings: Settings) -> None:
         """Start, retune or stop the checker to match `daemon.health_path`."""
         if settings.daemon.health_path and self.health is None:
-            self.health = Checker(settings.daemon)
+            self.health = Checker(settings.daemon, on_change=self.wakeup.set)
             self.health.start()
         elif settings.daemon.health_path and self.health is not None:
             self.health.settings = settings.daemon

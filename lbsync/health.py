@@ -13,6 +13,7 @@ import http.client
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -67,8 +68,9 @@ def probe(target: Target, path: str, timeout: float) -> str:
 class Checker:
     """Probes the current targets in a background thread; `unhealthy()` is safe from any thread."""
 
-    def __init__(self, daemon_settings, probe_fn=probe):
+    def __init__(self, daemon_settings, probe_fn=probe, on_change: Callable[[], None] = lambda: None):
         self.settings = daemon_settings
+        self.on_change = on_change  # a verdict flipped: the daemon's loop wakes up
         self._probe = probe_fn
         self._targets: tuple[Target, ...] = ()
         self._states: dict[str, BackendHealth] = {}
@@ -123,9 +125,11 @@ class Checker:
         if before.healthy and not after.healthy:
             log.warning("backend %s %s:%d failed %d health checks (%s): marking it down",
                         target.name, target.host, target.port, after.fails, error)
+            self.on_change()
         elif after.healthy and not before.healthy:
             log.info("backend %s %s:%d passed %d health checks: back in rotation",
                      target.name, target.host, target.port, after.oks)
+            self.on_change()
 
     def _loop(self) -> None:
         with ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="lbsync-probe") as pool:

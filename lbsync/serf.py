@@ -33,7 +33,7 @@ MEMBER_EVENTS = "member-join,member-leave,member-failed,member-update,member-rea
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Commands used here whose reply header is followed by a body (ipc.go sends it even with an Error).
-_BODY_REPLIES = {"members", "members-filtered", "join", "stats"}
+_BODY_REPLIES = {"members", "members-filtered", "join", "stats"}  # monitor's ack, like stream's, has none
 # Errors the agent sends before dispatching the command, hence never with a body.
 _BARE_ERRORS = {"Authentication required", "Handshake required", "Unsupported command"}
 # join/leave/force-leave wait for gossip (broadcast timeout 5 s, memberlist TCP dial 10 s).
@@ -195,7 +195,17 @@ class SerfClient:
 
     def stream(self, types: str = MEMBER_EVENTS) -> Stream:
         """Subscribe to events (Serf filter syntax, e.g. ``"member-join,query:load"``)."""
-        self._call("stream", {"Type": types})  # the ack; records follow under the same Seq
+        return self._subscribe("stream", {"Type": types})
+
+    def monitor(self, level: str = "INFO") -> Stream:
+        """Subscribe to the agent's log lines at `level` and above (records: {"Log": line}).
+
+        Unlike event streams they are not coalesced: "serf: EventMemberJoin: NAME ADDR" is logged
+        as the agent learns of the join. The agent first replays its recent lines."""
+        return self._subscribe("monitor", {"LogLevel": level})
+
+    def _subscribe(self, command: str, body: dict) -> Stream:
+        self._call(command, body)  # the ack; records follow under the same Seq
         stream = Stream(self, self._seq)
         self._channels[self._seq] = stream._records
         return stream

@@ -48,6 +48,26 @@ def test_join_routes_leave_unroutes_and_sigterm_exits_cleanly(lab):
     assert "Traceback" not in lab.log()
 
 
+def test_serf_s_log_wakes_the_daemon_on_a_join_a_tag_update_and_a_leave(procs, tmp_path):
+    """Every poll and safety net 30 s away: only the agent's log (RPC monitor) can bring these
+    changes in within seconds (Serf's own event stream would deliver them a second late)."""
+    config = ("[daemon]\nfollow_log = true\nidle_interval = 30\npoll_interval = 30\nmembers_interval = 30\n"
+              "debounce_min = 0.02\nmin_reload_interval = 0.2\n")
+    lab = make_daemon_lab(procs, tmp_path / "lb", config)
+    lab.start_daemon()
+    wait_until(lab.settled, CONVERGE, "the daemon's first reconcile")
+    web1 = lab.web(1)
+    wait_until(lambda: lab.served_by() == {"serf-web1"}, 3, "web1 routed on a logged join")
+    lab.web(2)
+    wait_until(lambda: lab.served_by() == {"serf-web1", "serf-web2"}, 3, "web2 routed on a logged join")
+    serf("tags", "-rpc-addr", web1.rpc_addr, "-set", "drain=1")
+    wait_until(lambda: lab.served_by() == {"serf-web2"}, 3, "web1 drained on a logged tag update")
+    serf("leave", "-rpc-addr", web1.rpc_addr)
+    wait_until(lambda: lab.state()["members"].get("left") == ["web1"], 3, "web1 left on a logged leave")
+    assert "following serf at" in lab.log() and "serf's log for member events" in lab.log()
+    assert "not following serf's log" not in lab.log()
+
+
 def test_burst_of_30_joins_reloads_once(procs, tmp_path):
     # a split burst would show as a second reload, min_reload_interval later
     config = ("[daemon]\npoll_interval = 0.02\ndebounce_min = 0.5\ndebounce_max = 5\n"

@@ -7,7 +7,8 @@ cue. Two ways to drive it:
 
 * answering (the default): handshake, auth, members, members-filtered (Serf's anchored-regex
   filters), join, leave, force-leave, tags, stats, answered from `members` (records as
-  kit.records.record builds them). `down()` makes the agent vanish (each request then gets its
+  kit.records.record builds them); monitor (unless `monitor=False`), whose subscribers get
+  each line `log()` is given. `down()` makes the agent vanish (each request then gets its
   connection closed, as when an agent dies) until `up()`; `close()` stops listening for good.
   `commands` lists every command seen, `requests` every (header, body).
 * scripted (`script=`): one client; `script(fake)` plays the agent's side request by request
@@ -66,8 +67,11 @@ class FakeSerf:
     """A Serf agent's RPC endpoint at `addr` (see the module docstring for the two modes)."""
 
     def __init__(self, members: list[dict] | None = None, *, name: str = "lb",
-                 script: Callable[[FakeSerf], None] | None = None, chunk: int = 3, pause: float = 0.0):
+                 script: Callable[[FakeSerf], None] | None = None, chunk: int = 3, pause: float = 0.0,
+                 monitor: bool = True):
         self.members = list(members or [])
+        self.monitor = monitor
+        self.monitors: list[tuple[Channel, int]] = []  # (connection, Seq) of each monitor request
         self.name = name
         self.commands: list[str] = []
         self.requests: list[tuple[dict, dict | None]] = []
@@ -93,6 +97,14 @@ class FakeSerf:
 
     def up(self) -> None:
         self.is_down = False
+
+    def log(self, line: str) -> None:
+        """The agent logs `line`: every monitor subscriber gets it as a record."""
+        for channel, seq in list(self.monitors):
+            try:
+                channel.send({"Seq": seq, "Error": ""}, {"Log": line})
+            except OSError:
+                self.monitors.remove((channel, seq))
 
     def close(self) -> None:
         """Stop listening (shutdown() wakes the accept(); close() alone would not), drop every
@@ -180,6 +192,8 @@ class FakeSerf:
                     break
                 reply, answer = self._answer(header["Command"], body or {})
                 channel.send({"Seq": header["Seq"], "Error": reply}, *([] if answer is None else [answer]))
+                if header["Command"] == "monitor" and not reply:
+                    self.monitors.append((channel, header["Seq"]))
         except (EOFError, OSError):
             pass
         finally:
@@ -201,6 +215,8 @@ class FakeSerf:
             return "", None
         if command == "stats":
             return "", {"agent": {"name": self.name}, "serf": self._counters()}
+        if command == "monitor" and self.monitor:
+            return "", None
         return f"Unsupported command: {command}", None
 
 

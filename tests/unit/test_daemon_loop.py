@@ -69,7 +69,9 @@ def cluster(fake_serf):
 
 
 def make(tmp_path, cluster, load=None, data_plane="reload", **daemon) -> Daemon:
-    pacing = {"debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, **daemon}
+    """A daemon on the fake agent; it polls (follow_log off) unless a test follows the log."""
+    pacing = {"debounce_min": 0.05, "debounce_max": 0.5, "min_reload_interval": 1.0, "follow_log": False,
+              **daemon}
     settings = Settings(state_dir=str(tmp_path), rpc_addr=cluster.serf.addr, data_plane=data_plane,
                         daemon=DaemonSettings(**pacing))
     return Daemon(settings, load or (lambda: settings), str(tmp_path / "lbsync.toml"),
@@ -276,3 +278,68 @@ def test_a_quiet_cluster_costs_one_stats_call_per_poll(tmp_path, cluster):
     assert polled == ["stats"] * 10
     d.tick(100.3)
     assert cluster.serf.commands[-2:] == ["stats", "members-filtered"]
+
+
+# -- following serf's log ------------------------------------------------------------------------
+
+def following(tmp_path, cluster) -> Daemon:
+    d = make(tmp_path, cluster, follow_log=True, idle_interval=1.0)
+    d.tick(100.0)  # connects, starts the log reader, reads the list once
+    wait_for(lambda: d.serf_log is not None and d.serf_log.up, "the log followed")
+    d.tick(100.01)  # the reader's first look (the agent replays its recent lines)
+    d.wakeup.clear()
+    return d
+
+
+def wait_for(predicate, what: str, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_following_the_log_an_idle_loop_asks_serf_nothing_and_sleeps_long(tmp_path, cluster):
+    d = following(tmp_path, cluster)
+    before = len(cluster.serf.commands)
+    for i in range(1, 40):
+        d.tick(100.01 + i * 0.02)  # inside idle_interval: no stats, no list
+    assert cluster.serf.commands[before:] == []
+    assert d._sleep_time() == 1.0
+    d.tick(101.1)  # the safety net: the list once per idle_interval
+    assert cluster.serf.commands[before:] == ["members-filtered"]
+
+
+def test_a_logged_member_event_wakes_the_loop_and_is_read_at_once(tmp_path, cluster):
+    d = following(tmp_path, cluster)
+    reconciles = len(cluster.reconciles)
+    cluster.records = [record("web1"), record("web2")]
+    cluster.serf.log("2026/12/01 10:00:00 [INFO] agent.ipc: Accepted client: 127.0.0.1:4242")
+    cluster.serf.log("2026/12/01 10:00:00 [INFO] serf: EventMemberJoin: web2 127.0.0.10")
+    wait_for(d.wakeup.is_set, "the loop woken")
+    d.tick(100.05)
+    assert cluster.serf.commands[-1] == "members-filtered"
+    d.tick(101.5)  # past the quiet window and the reload budget (min_reload_interval 1 s)
+    assert cluster.reconciles[reconciles:] and cluster.reconciles[-1][0] == ["web1", "web2"]
+
+
+def test_an_agent_without_monitor_is_polled_every_poll_interval(tmp_path, fake_serf):
+    cluster = Cluster(fake_serf(monitor=False))
+    d = make(tmp_path, cluster, follow_log=True, poll_interval=0.03)
+    d.tick(100.0)
+    wait_for(lambda: d.serf_log is not None and not d.serf_log.alive, "the reader to give up")
+    assert d._sleep_time() == 0.03
+    before = len(cluster.serf.commands)
+    d.tick(100.05)
+    assert cluster.serf.commands[before:] == ["stats"]
+
+
+def test_a_lost_connection_stops_following_and_a_reconnect_follows_again(tmp_path, cluster):
+    d = following(tmp_path, cluster)
+    cluster.down = True
+    d.tick(101.5)  # the list's request gets its connection closed: the agent is gone
+    assert d.client is None and d.serf_log is None
+    cluster.down = False
+    d.tick(110.0)
+    wait_for(lambda: d.serf_log is not None and d.serf_log.up, "the log followed again")
