@@ -30,7 +30,7 @@ step "1. The load balancer: nginx, a Serf agent, and $follower"
 show lab/up.sh
 lab/up.sh
 . "$LAB_DIR/lab.env"  # the ports up.sh settled on
-tool requests "$LB_IP" "$HTTP_PORT" 1  # nobody home yet: lbsync's 503 page
+tool requests "$LB_IP" "$HTTP_PORT" 1  # nobody home yet: the web pool's own 503 page
 
 if [ -n "${LAB_AUTOSCALE:-}" ]; then
     step "2-4. Autoscale on (min 2, max 4): lbsync autoscale boots the pool itself, then grows it"
@@ -82,6 +82,11 @@ next "lab/boot_web.sh 2" "web2 comes back"
 next "lab/stop_web.sh 2" "a graceful drain, then leave"
 next "lab/kill_web.sh 3" "a hard crash: Serf says failed, the LB drops it"
 next "$LBSYNC -c $LAB_DIR/lb/lbsync.toml status" "what the LB renders, what nginx serves, and why"
+next "lab/boot_service.sh api 1; curl -s http://$LB_IP:$API_PORT/" "an API node: the api pool answers serf-api1"
+next "lab/boot_service.sh cache 1; ${PYTHON#"$REPO"/} lab/labtool.py echo $LB_IP $TCP_PORT hello" \
+    "a cache node: a line through the TCP pool"
+next "lab/static_web.sh 1" "static-web1: a web pool member with no Serf agent"
+next "$LBSYNC -c $LAB_DIR/lb/lbsync.toml member list" "static members (lab/stop_service.sh static 1 removes it)"
 next "lab/down.sh" "stop everything (state and logs stay)"
 [ "$LAB_MODE" != run ] || next "http://$LB_IP:$STATUS_PORT/" "the status page (and /metrics) of lbsync run"
 next "LAB_MODE=hook lab/up.sh" "after down.sh: the LB with lbsync as Serf's event handler"

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -149,8 +150,11 @@ def get(host: str, port: int) -> tuple[int, str, str]:
         conn.request("GET", "/")
         response = conn.getresponse()
         body = response.read().decode(errors="replace").strip()
-        title = re.search(r"<title>(.*?)</title>", body)  # the 503 page: its title says it all
+        title = re.search(r"<title>(.*?)</title>", body)  # a pool's 503 page: its title and first sentence
+        said = re.search(r"<p>(.*?)(?:\.|</p>)", body)
         first = title.group(1) if title else (body.splitlines() or [""])[0]
+        if title and said:
+            first += ": " + re.sub(r"<[^>]*>", "", said.group(1))
         return response.status, first, response.getheader("X-Upstream", "")
     except OSError as exc:
         return 0, f"{type(exc).__name__}: {exc}", ""
@@ -164,64 +168,156 @@ def cmd_requests(args) -> None:
         if status == 200:
             print(f"   GET http://{args.host}:{args.port}/ -> {status} {body}  (nginx used {upstream})")
         else:
-            print(f"   GET http://{args.host}:{args.port}/ -> {status} {body[:60]}")
+            print(f"   GET http://{args.host}:{args.port}/ -> {status} {body[:100]}")
 
 
 def cmd_wait_served(args) -> None:
     """Until `tries` requests in a row all succeed with `name` among them (or, with --gone,
     without it): one lucky answer is not "served", and no error may sit between the claim and the
     requests printed after it (with reloads, an old worker generation still answers for a moment)."""
-    def check() -> bool:
-        answers = [get(args.host, args.port)[:2] for _ in range(args.tries)]
-        names = {body for status, body in answers}
-        if any(status != 200 for status, _ in answers):
-            return False
-        return (args.name not in names) if args.gone else (args.name in names)
     verb = "to leave the LB's rotation" if args.gone else "to be served through the LB"
-    wait(check, args.timeout, f"{args.name} {verb}")
+    wait(lambda: served(args.host, args.port, args.name, args.tries, args.gone), args.timeout, f"{args.name} {verb}")
+
+
+def served(host: str, port: int, name: str, tries: int = 6, gone: bool = False, tcp: bool = False) -> bool:
+    """One round of wait-served's check; `tcp`: lines through a TCP pool, answered `name: line`."""
+    if tcp:
+        answers = [echo_line(host, port, "ping") for _ in range(tries)]
+        if any(answer is None for answer in answers):
+            return False
+        names = {str(answer).split(":")[0] for answer in answers}
+    else:
+        replies = [get(host, port)[:2] for _ in range(tries)]
+        if any(status != 200 for status, _ in replies):
+            return False
+        names = {body for _, body in replies}
+    return (name not in names) if gone else (name in names)
 
 
 # -- configuration ------------------------------------------------------------------------------
 
 def cmd_lb_config(args) -> None:
-    """Secrets (once), nginx's config, lbsync's config and the LB's serf config."""
+    """Secrets (once), nginx's config, lbsync's config and the LB's serf config.
+
+    The LB runs three pools ([[pool]]): `web` (HTTP, the tour's), `api` (HTTP) and `cache` (TCP).
+    nginx has no site of its own: the pools file (conf.d/, http level) holds the HTTP pools'
+    listeners, the stream file (main.d/, after the modules it needs) the TCP pool's. The HTTP
+    pools' read timeout is short, as the lab's backends answer at once (a hung one is retried).
+    """
     from kit.nginx import write_prefix
 
     lab, env = Path(args.lab_dir), os.environ
     key, token = _secrets(lab)
     prefix = lab / "nginx"
-    listen = f"{env['LB_IP']}:{env['HTTP_PORT']}"
-    upstream = write_prefix(prefix, listen)
+    pools_file = write_prefix(prefix, site=False)
     nginx = f"nginx -p {prefix} -c {prefix / 'nginx.conf'} -e stderr"
-    write(lab / "lb" / "lbsync.toml", _toml({
+    text = _toml({
         "rpc_addr": f"{env['LB_IP']}:{env['LB_RPC_PORT']}", "rpc_auth": token,
-        "allowed_networks": [f"{env['LAB_NET']}.0/24"], "lb_listen": [listen],
-        "output": str(upstream), "nginx_conf": str(prefix / "nginx.conf"), "nginx_prefix": str(prefix),
+        "allowed_networks": [f"{env['LAB_NET']}.0/24"], "output": str(pools_file),
+        "stream_output": str(prefix / "main.d" / "lbs_stream.conf"),  # sorts after every load_module
+        "nginx_conf": str(prefix / "nginx.conf"), "nginx_prefix": str(prefix),
         "nginx_pid": str(prefix / "nginx.pid"), "control_socket": str(prefix / "run" / "control.sock"),
         "reload_command": f"{nginx} -s reload", "lock_file": str(lab / "lb" / "lbsync.lock"),
         "state_dir": str(lab / "lb" / "state"), "syslog": False,
-    }, "lbsync on the lab's LB (on a real LB: /etc/lbsync/lbsync.toml)") + "\n" + _toml({
-        "health_path": "/", "status_listen": f"{env['LB_IP']}:{env['STATUS_PORT']}",
-    }, None, "daemon"), mode=0o600)
+    }, "lbsync on the lab's LB (on a real LB: /etc/lbsync/lbsync.toml); every pool's listener "
+       "counts as the LB's own address (never a backend)")
+    text += "\n" + _toml({"health_path": "/", "status_listen": f"{env['LB_IP']}:{env['STATUS_PORT']}"},
+                         None, "daemon")
+    for name, protocol, port in (("web", "http", "HTTP_PORT"), ("api", "http", "API_PORT"),
+                                 ("cache", "tcp", "TCP_PORT")):
+        pool = {"name": name, "role": name, "protocol": protocol, "listen": [f"{env['LB_IP']}:{env[port]}"]}
+        text += "\n" + _toml(pool | ({"timeout": 2.0} if protocol == "http" else {}), None, "[pool]")
+    write(lab / "lb" / "lbsync.toml", text, mode=0o600)
     _serf_json(lab / "lb" / "serf.json", key, token, lab / "lb" / "serf.snapshot")
 
 
-def cmd_web_config(args) -> None:
-    """The agent config of web node N: what /etc/lbsync/lbsync.toml holds on a real web host."""
-    lab, env, n = Path(args.lab_dir), os.environ, args.n
-    key, token = _secrets(lab)
-    node = lab / f"web{n}"
-    ip = f"{env['LAB_NET']}.{n}"
-    _serf_json(node / "serf.json", None, None, node / "serf.snapshot")
+# -- lab nodes ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of lab node: where node N lives on $LAB_NET, what it serves, whether Serf knows it."""
+
+    offset: int  # node N's address: $LAB_NET.(offset + N)
+    limit: int  # the highest N
+    agent: bool  # runs `lbsync agent` (and serf); a static member does not
+    server: str  # what its service is: web (lab/webserver.py) or echo (lab/echoserver.py)
+
+
+KINDS = {
+    "web": Kind(0, 99, True, "web"),  # the tour's web nodes: serf-webN on .N
+    "api": Kind(100, 49, True, "web"),  # the api pool's: serf-apiN on .(100+N)
+    "cache": Kind(150, 49, True, "echo"),  # the TCP pool's: serf-cacheN on .(150+N), echo cache-N
+    "static": Kind(200, 49, False, "web"),  # the web pool's static members: static-webN on .(200+N)
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    """Lab node N of a kind: its directory, address, names and service port."""
+
+    kind: str
+    n: int
+    lab: Path
+
+    @property
+    def spec(self) -> Kind:
+        return KINDS[self.kind]
+
+    @property
+    def dir(self) -> Path:
+        return self.lab / f"{self.kind}{self.n}"
+
+    @property
+    def ip(self) -> str:
+        return f"{os.environ['LAB_NET']}.{self.spec.offset + self.n}"
+
+    @property
+    def name(self) -> str:
+        """The Serf node name (static: the member's name)."""
+        return f"static-web{self.n}" if self.kind == "static" else f"serf-{self.kind}{self.n}"
+
+    @property
+    def answers(self) -> str:
+        """What its service answers with: the node name; the echo service: cache-N."""
+        return f"{self.kind}-{self.n}" if self.spec.server == "echo" else self.name
+
+    @property
+    def port(self) -> int:
+        return int(os.environ["CACHE_PORT" if self.spec.server == "echo" else "WEB_PORT"])
+
+    @property
+    def server_pid(self) -> Path:
+        return self.dir / f"{self.spec.server}.pid"
+
+
+def node_of(args) -> Node:
+    if not 1 <= args.n <= KINDS[args.kind].limit:
+        raise Failed(f"N must be 1..{KINDS[args.kind].limit} for a {args.kind} node, not {args.n}")
+    return Node(args.kind, args.n, Path(args.lab_dir))
+
+
+def cmd_node_config(args) -> None:
+    """Node N's agent config: what /etc/lbsync/lbsync.toml holds on a real web host. A web node
+    has role/port (and a load file); the others offer their service as `services` (what
+    `lbsync agent --service ROLE:PORT` publishes)."""
+    node, env = node_of(args), os.environ
+    key, token = _secrets(node.lab)
+    if not node.spec.agent:
+        raise Failed(f"a {node.kind} node runs no agent")
+    _serf_json(node.dir / "serf.json", None, None, node.dir / "serf.snapshot")
     agent = {
-        "node_name": f"serf-web{n}", "join": [f"{env['LB_IP']}:{env['LB_SERF_PORT']}"],
-        "bind": f"{ip}:{env['WEB_SERF_PORT']}", "rpc_addr": f"{ip}:{env['WEB_RPC_PORT']}",
-        "rpc_auth": token, "encrypt_key": key, "port": int(env["WEB_PORT"]),
-        "serf_config": str(node / "serf.json"), "log_file": str(node / "access.log"),
-        "load_file": str(node / "load"),
+        "node_name": node.name, "join": [f"{env['LB_IP']}:{env['LB_SERF_PORT']}"],
+        "bind": f"{node.ip}:{env['WEB_SERF_PORT']}", "rpc_addr": f"{node.ip}:{env['WEB_RPC_PORT']}",
+        "rpc_auth": token, "encrypt_key": key, "serf_config": str(node.dir / "serf.json"),
     }
-    text = _toml({"syslog": False}, f"lbsync agent on lab node serf-web{n}") + "\n" + _toml(agent, None, "agent")
-    write(node / "lbsync.toml", text, mode=0o600)
+    if node.kind == "web":
+        agent |= {"port": node.port, "log_file": str(node.dir / "access.log"), "load_file": str(node.dir / "load")}
+    else:
+        agent |= {"services": [f"{node.kind}:{node.port}"]}
+        if node.spec.server == "web":  # a draining agent watches its web server's access log
+            agent["log_file"] = str(node.dir / "access.log")
+    text = _toml({"syslog": False}, f"lbsync agent on lab node {node.name}") + "\n" + _toml(agent, None, "agent")
+    write(node.dir / "lbsync.toml", text, mode=0o600)
 
 
 def _serf_json(path: Path, key: str | None, token: str | None, snapshot: Path) -> None:
@@ -260,6 +356,7 @@ def _b64(raw: bytes) -> str:
 
 
 def _toml(values: dict, comment: str | None, table: str = "") -> str:
+    """`table`: "agent" writes [agent]; "[pool]" one entry of the array of tables [[pool]]."""
     lines = [f"# {comment}"] if comment else []
     lines += [f"[{table}]"] if table else []
     for key, value in values.items():
@@ -267,39 +364,92 @@ def _toml(values: dict, comment: str | None, table: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_boot_web(args) -> None:
-    """Web node N: its web server, then `lbsync agent` (which starts the node's serf).
+def cmd_boot(args) -> None:
+    """Node N of a kind: its service (web server or echo service), then `lbsync agent` (which
+    starts the node's serf); a static web node instead becomes a static member of the web pool
+    (`lbsync member add`).
 
     One process does the whole boot because every interpreter start costs ~0.1 s, and the time
     from `boot_web.sh N` to the first request served is what a person watching the demo feels.
     """
-    lab, env, n = Path(args.lab_dir), os.environ, args.n
-    node, ip, name = lab / f"web{n}", f"{env['LAB_NET']}.{n}", f"serf-web{n}"
+    node, env = node_of(args), os.environ
+    lab, name = node.lab, node.name
     if read_pid(str(lab / "lb" / "serf.pid")) is None:
         raise Failed("the LB is not running: run lab/up.sh first")
-    if read_pid(str(node / "agent.pid")) is not None:
-        print(f"{name} is already running (lab/stop_web.sh {n} stops it)")
+    running = node.dir / ("agent.pid" if node.spec.agent else f"{node.spec.server}.pid")
+    if read_pid(str(running)) is not None and (node.spec.agent or _static_member(node)):
+        stop = f"lab/stop_web.sh {node.n}" if node.kind == "web" else f"lab/stop_service.sh {node.kind} {node.n}"
+        print(f"{name} is already running ({stop} stops it)")
         return
-    node.mkdir(parents=True, exist_ok=True)
-    cmd_web_config(args)
-    python, port = env.get("PYTHON", sys.executable), int(env["WEB_PORT"])
-    web = [python, str(LAB / "webserver.py"), "--name", name, "--bind", ip, "--port", str(port),
-           "--access-log", str(node / "access.log")]
-    if read_pid(str(node / "web.pid")) is None:
-        _spawn(node / "web.pid", node / "web.log", web)
-    agent = [python, "-m", "lbsync", "-c", str(node / "lbsync.toml"), "agent"]
+    node.dir.mkdir(parents=True, exist_ok=True)
+    python = env.get("PYTHON", sys.executable)
+    server = [python, str(LAB / f"{node.spec.server}server.py"), "--name", node.answers,
+              "--bind", node.ip, "--port", str(node.port)]
+    if node.spec.server == "web":
+        server += ["--access-log", str(node.dir / "access.log")]
+    what = f"{node.answers}'s {'echo service' if node.spec.server == 'echo' else 'web server'}"
+    if read_pid(str(node.server_pid)) is None:
+        _spawn(node.server_pid, node.dir / f"{node.spec.server}.log", server)
+    if not node.spec.agent:
+        _wait_up(node.ip, node.port, node.server_pid, what)
+        _member_add(node)
+        return
+    cmd_node_config(args)
+    agent = [python, "-m", "lbsync", "-c", str(node.dir / "lbsync.toml"), "agent"]
     print("$", " ".join(agent), flush=True)
-    _spawn(node / "agent.pid", node / "agent.log", agent)  # starts while the web server does
+    _spawn(node.dir / "agent.pid", node.dir / "agent.log", agent)  # starts while the service does
     try:
-        _wait_up(ip, port, node / "web.pid", f"{name}'s web server")
+        _wait_up(node.ip, node.port, node.server_pid, what)
     except Failed:
-        cmd_stop(argparse.Namespace(pidfile=str(node / "agent.pid"), signal="INT", timeout=30, what=None))
+        cmd_stop(argparse.Namespace(pidfile=str(node.dir / "agent.pid"), signal="INT", timeout=30, what=None))
         raise
-    _wait_up(ip, int(env["WEB_RPC_PORT"]), node / "agent.pid", f"{name}'s serf agent")
-    args.parent, args.pidfile = str(node / "agent.pid"), str(node / "serf.pid")
+    _wait_up(node.ip, int(env["WEB_RPC_PORT"]), node.dir / "agent.pid", f"{name}'s serf agent")
+    args.parent, args.pidfile = str(node.dir / "agent.pid"), str(node.dir / "serf.pid")
     cmd_record_child(args)
-    print(f"{name}: http://{ip}:{port}/ joining the LB at {env['LB_IP']}:{env['LB_SERF_PORT']}"
-          f" (log: {node / 'agent.log'})")
+    scheme = "tcp" if node.spec.server == "echo" else "http"
+    print(f"{name}: {scheme}://{node.ip}:{node.port}/ joining the LB at {env['LB_IP']}:{env['LB_SERF_PORT']}"
+          f" (log: {node.dir / 'agent.log'})", flush=True)
+    if node.kind != "web":  # the tour times web nodes' boots and waits itself; here, a ready pool
+        port = int(env["TCP_PORT" if scheme == "tcp" else "API_PORT"])
+        wait(lambda: served(env["LB_IP"], port, node.answers, tcp=scheme == "tcp"), 30,
+             f"{node.answers} to be served through the LB's {node.kind} pool")
+
+
+def _lbsync(lab: Path, *argv: str) -> list[str]:
+    """lbsync on the lab LB's config, as run here (and shown: it is what a person types)."""
+    return [os.environ.get("PYTHON", sys.executable), "-m", "lbsync", "-c", str(lab / "lb" / "lbsync.toml"), *argv]
+
+
+def _static_member(node: Node) -> bool:
+    """Whether the web pool lists this static node already (`lbsync member list web --json`)."""
+    out = subprocess.run(_lbsync(node.lab, "member", "list", "web", "--json"), capture_output=True, text=True,
+                         timeout=60, check=False)
+    if out.returncode:
+        raise Failed(f"lbsync member list: {out.stderr.strip()}")
+    return node.name in json.loads(out.stdout).get("web", {})
+
+
+def _member_add(node: Node) -> None:
+    if _static_member(node):
+        print(f"{node.name} is already a static member of pool web")
+        return
+    argv = _lbsync(node.lab, "member", "add", "web", node.name, f"{node.ip}:{node.port}")
+    print("$", " ".join(argv), flush=True)
+    if subprocess.run(argv, timeout=120, check=False).returncode:
+        raise Failed(f"lbsync member add failed; {node.name}'s web server still runs "
+                     f"(lab/stop_service.sh static {node.n} stops it)")
+    print(f"{node.name}: http://{node.ip}:{node.port}/ in pool web, no Serf agent (lbsync member list)")
+
+
+def cmd_unmember(args) -> None:
+    """Take static node N out of the web pool (`lbsync member remove`), when it is listed."""
+    node = node_of(args)
+    if not _static_member(node):
+        return
+    argv = _lbsync(node.lab, "member", "remove", "web", node.name)
+    print("$", " ".join(argv), flush=True)
+    if subprocess.run(argv, timeout=120, check=False).returncode:
+        raise Failed("lbsync member remove failed")
 
 
 def _spawn(pidfile: Path, log: Path, argv: list[str]) -> None:
@@ -308,6 +458,43 @@ def _spawn(pidfile: Path, log: Path, argv: list[str]) -> None:
 
 def _wait_up(host: str, port: int, pidfile: Path, what: str) -> None:
     cmd_wait_port(argparse.Namespace(host=host, port=port, pidfile=str(pidfile), what=what, timeout=15.0))
+
+
+def cmd_echo(args) -> None:
+    """One line through a TCP service (the cache pool) and its answer: what `nc` would show,
+    for hosts without nc."""
+    try:
+        answer = echo_line(args.host, args.port, " ".join(args.line), errors=True)
+    except OSError as exc:
+        raise Failed(f"{args.host}:{args.port}: {exc}") from None
+    if answer is None:
+        raise Failed(f"{args.host}:{args.port} closed the connection without an answer (no backend?)")
+    print(answer)
+
+
+def echo_line(host: str, port: int, line: str, errors: bool = False) -> str | None:
+    """Send one line, read one back; None when the connection is closed or reset without an
+    answer, as nginx does when a TCP pool has no backend (or cannot be made, unless `errors`)."""
+    import socket
+
+    data = b""
+    try:
+        conn = socket.create_connection((host, port), timeout=5)
+    except OSError:
+        if errors:
+            raise
+        return None
+    with conn:
+        try:
+            conn.sendall(line.encode() + b"\n")
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+    return data.decode(errors="replace").rstrip("\n") if data.endswith(b"\n") else None
 
 
 def cmd_token(args) -> None:
@@ -350,8 +537,11 @@ def parser() -> argparse.ArgumentParser:
     command("wait-served", cmd_wait_served, *host_port, (("name",), {}), (("--gone",), {"action": "store_true"}),
             (("--tries",), {"type": int, "default": 6}), timeout)
     command("lb-config", cmd_lb_config, (("lab_dir",), {}))
-    command("web-config", cmd_web_config, (("lab_dir",), {}), (("n",), {"type": int}))
-    command("boot-web", cmd_boot_web, (("lab_dir",), {}), (("n",), {"type": int}))
+    node = ((("lab_dir",), {}), (("kind",), {"choices": sorted(KINDS)}), (("n",), {"type": int}))
+    command("node-config", cmd_node_config, *node)
+    command("boot", cmd_boot, *node)
+    command("unmember", cmd_unmember, *node)
+    command("echo", cmd_echo, *host_port, (("line",), {"nargs": "+"}))
     command("token", cmd_token, (("lab_dir",), {}))
     command("free-port", cmd_free_port, (("host",), {}), (("preferred",), {"type": int}))
     return top

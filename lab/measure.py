@@ -24,7 +24,8 @@ from labtool import get  # beside this script, so on sys.path when it runs
 
 LAB = Path(__file__).resolve().parent
 NET = "127.0.78"
-PORTS = ("LB_SERF_PORT", "LB_RPC_PORT", "HTTP_PORT", "WEB_PORT", "WEB_SERF_PORT", "WEB_RPC_PORT")
+PORTS = ("LB_SERF_PORT", "LB_RPC_PORT", "HTTP_PORT", "API_PORT", "TCP_PORT", "STATUS_PORT", "WEB_PORT",
+         "CACHE_PORT", "WEB_SERF_PORT", "WEB_RPC_PORT")
 
 
 def lab_env(lab_dir: str) -> dict:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Start the lab's load balancer: nginx on $LB_IP:$HTTP_PORT and a Serf agent that runs lbsync
-# on every membership change. Safe to re-run: what is already running is left alone.
+# Start the lab's load balancer: nginx, a Serf agent and lbsync (the `lbsync run` daemon, or with
+# LAB_MODE=hook Serf's event handler), with three pools: web (HTTP, $LB_IP:$HTTP_PORT), api (HTTP,
+# $LB_IP:$API_PORT) and cache (TCP, $LB_IP:$TCP_PORT). nginx listens on them once lbsync's first
+# run has rendered the pools. Safe to re-run: what is already running is left alone.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 require serf nginx
@@ -9,11 +11,15 @@ mkdir -p "$LAB_DIR/lb" "$LAB_DIR/nginx"
 if ! tool alive "$LAB_DIR/lb/serf.pid"; then  # choose ports now; later scripts read lab.env
     LB_SERF_PORT=$(tool free-port "$LB_IP" "$LB_SERF_PORT")
     LB_RPC_PORT=$(tool free-port "$LB_IP" "$LB_RPC_PORT")
-    tool alive "$LAB_DIR/nginx/nginx.pid" || HTTP_PORT=$(tool free-port "$LB_IP" "$HTTP_PORT")
+    if ! tool alive "$LAB_DIR/nginx/nginx.pid"; then  # the pools' listeners
+        HTTP_PORT=$(tool free-port "$LB_IP" "$HTTP_PORT")
+        API_PORT=$(tool free-port "$LB_IP" "$API_PORT")
+        TCP_PORT=$(tool free-port "$LB_IP" "$TCP_PORT")
+    fi
     STATUS_PORT=$(tool free-port "$LB_IP" "$STATUS_PORT")
-    printf 'LB_IP=%s\nLB_SERF_PORT=%s\nLB_RPC_PORT=%s\nHTTP_PORT=%s\nSTATUS_PORT=%s\nLAB_NET=%s\nLAB_MODE=%s\n' \
-        "$LB_IP" "$LB_SERF_PORT" "$LB_RPC_PORT" "$HTTP_PORT" "$STATUS_PORT" "$LAB_NET" "$LAB_MODE" \
-        > "$LAB_DIR/lab.env"
+    printf '%s\n' "LB_IP=$LB_IP" "LB_SERF_PORT=$LB_SERF_PORT" "LB_RPC_PORT=$LB_RPC_PORT" \
+        "HTTP_PORT=$HTTP_PORT" "API_PORT=$API_PORT" "TCP_PORT=$TCP_PORT" "STATUS_PORT=$STATUS_PORT" \
+        "LAB_NET=$LAB_NET" "LAB_MODE=$LAB_MODE" > "$LAB_DIR/lab.env"
 else
     running=$(sed -n 's/^LAB_MODE=//p' "$LAB_DIR/lab.env" 2>/dev/null)
     [ "${running:-hook}" = "$LAB_MODE" ] ||
@@ -27,8 +33,7 @@ if tool alive "$LAB_DIR/nginx/nginx.pid"; then
     echo "nginx is already running (pid $(cut -d' ' -f1 "$LAB_DIR/nginx/nginx.pid"))"
 else
     show "${NGINX[@]}"
-    "${NGINX[@]}"  # daemonises; writes $LAB_DIR/nginx/nginx.pid
-    tool wait-port "$LB_IP" "$HTTP_PORT" --timeout 10 --what "nginx on port $HTTP_PORT"
+    "${NGINX[@]}"  # daemonises; writes $LAB_DIR/nginx/nginx.pid; no pool listens before lbsync's first run
 fi
 
 HANDLER="'$PYTHON' -m lbsync handle 2>>'$LAB_DIR/lb/lbsync.log'"
@@ -52,9 +57,12 @@ case "$LAB_MODE" in
             tool spawn "$LAB_DIR/lb/daemon.pid" "$LAB_DIR/lb/lbsync.log" -- "$PYTHON" -m lbsync run ;;
     *) die "LAB_MODE must be hook or run, not $LAB_MODE" ;;
 esac
+tool wait-port "$LB_IP" "$HTTP_PORT" --timeout 30 --what "nginx on port $HTTP_PORT (the web pool, once lbsync rendered it)" ||
+    die "no pool is listening: see lbsync's log, $LAB_DIR/lb/lbsync.log"
 
 cat <<INFO
-LB up ($LAB_MODE mode):  http://$LB_IP:$HTTP_PORT/   serf $LB_IP:$LB_SERF_PORT (rpc $LB_IP:$LB_RPC_PORT)
+LB up ($LAB_MODE mode):  serf $LB_IP:$LB_SERF_PORT (rpc $LB_IP:$LB_RPC_PORT)
+  pools: web http://$LB_IP:$HTTP_PORT/   api http://$LB_IP:$API_PORT/   cache (TCP) $LB_IP:$TCP_PORT
   state and logs: $LAB_DIR   (lbsync's log: $LAB_DIR/lb/lbsync.log)
   next: lab/boot_web.sh 1
 INFO

@@ -1,4 +1,5 @@
-"""The one-machine lab, driven through its own scripts, as a user would: up, boot, stop, kill, down.
+"""The one-machine lab, driven through its own scripts, as a user would: up, boot, stop, kill, down;
+and the lab's other pools: an api node, a cache node behind the TCP pool, a static member.
 
 The lab runs in a temporary LAB_DIR on its own loopback network and free ports, so it never
 meets a developer's running lab. Its processes are started by the scripts (in their own
@@ -15,6 +16,7 @@ from kit.net import wait_until
 pytestmark = pytest.mark.integration
 
 NET = "127.0.77"  # web node N on 127.0.77.N: no other test or lab uses this network
+POOLS_NET = "127.0.79"  # the pools test's (127.0.78 is test_autoscale's)
 ROUTE_TIMEOUT = 30  # Serf coalesces member events (~1 s) and the hook reloads nginx
 FAIL_TIMEOUT = 45  # Serf's failure detection (local profile: a few seconds) plus the reload
 
@@ -81,6 +83,47 @@ def test_lab_boot_drain_kill_reboot_and_down(lab):
     assert len(recorded) == 9, recorded  # nginx, LB serf, lbsync run; web1 and web3: web server, agent, serf
     lab.sh("down.sh")
     assert [pid for pid in recorded if _running(pid)] == [], "processes left behind by down.sh"
+
+
+def test_lab_pools_api_node_cache_node_static_member_and_down(tmp_path):
+    """boot_service.sh api/cache, static_web.sh and stop_service.sh, on the LB's three pools."""
+    with running_lab(tmp_path, POOLS_NET) as lab:
+        lab.sh("up.sh")
+        api = int(lab.env["API_PORT"])
+        status, body, _ = lab.get(api)
+        assert status == 503 and "pool <b>api</b>" in body  # an empty pool: its own 503 page
+        assert lab.echo("hello").endswith("closed the connection without an answer (no backend?)")
+
+        booted = lab.sh("boot_service.sh", "api", "1")  # returns once the api pool serves it
+        assert f"{POOLS_NET}.101:" in booted.stdout
+        assert lab.served(6, port=api) == {"serf-api1"}
+        lab.sh("boot_service.sh", "cache", "1")
+        assert lab.echo("hello") == "cache-1: hello"  # through nginx's stream proxy
+        assert lab.served(2) == {"HTTP 503"}  # neither joined the web pool
+
+        added = lab.sh("static_web.sh", "1")
+        web_port = lab.env["WEB_PORT"]
+        assert f"member add web static-web1 {POOLS_NET}.201:{web_port}" in added.stdout  # shown as run
+        assert lab.served(6) == {"static-web1"}  # applied by `member add` itself
+        listed = lab.lbsync("member", "list")
+        assert listed.returncode == 0 and f"web   static-web1  {POOLS_NET}.201:{web_port}" in listed.stdout
+        lab.sh("boot_web.sh", "1")
+        wait_until(lambda: lab.served() == {"serf-web1", "static-web1"}, ROUTE_TIMEOUT, "web1 beside the static member")
+        assert lab.served(4, port=api) == {"serf-api1"}
+
+        before = lab.pids()
+        for script in (("boot_service.sh", "api", "1"), ("boot_service.sh", "cache", "1"), ("static_web.sh", "1")):
+            assert "already running" in lab.sh(*script).stdout
+        assert lab.pids() == before, "booting a running node started something"
+        assert len(before) == 13, before  # LB 3; api1, cache1, web1: service, agent, serf; static1: web server
+
+        lab.sh("stop_service.sh", "cache", "1")  # drains, leaves: the TCP pool is empty again
+        wait_until(lambda: lab.echo("x").startswith("lab: "), ROUTE_TIMEOUT, "the cache pool emptied")
+        recorded = lab.pids()
+        lab.sh("down.sh")
+        assert [pid for pid in recorded if _running(pid)] == [], "processes left behind by down.sh"
+        assert lab.pids() == {}
+        assert lab.lbsync("member", "list").stdout.strip() == "no static members"  # down.sh took it out
 
 
 def _running(pid: int) -> bool:

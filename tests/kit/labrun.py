@@ -40,11 +40,13 @@ class Lab:
 
     @property
     def port(self) -> int:
+        """The web pool's listener (HTTP_PORT); the api pool's is API_PORT, the TCP pool's TCP_PORT."""
         return int(self.env["HTTP_PORT"])
 
-    def get(self) -> tuple[int, str, str]:
-        """(status, body, the upstream address nginx used) of one GET on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+    def get(self, port: int | None = None) -> tuple[int, str, str]:
+        """(status, body, the upstream address nginx used) of one GET on a fresh connection to
+        the web pool (or the pool on `port`)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=10)
         try:
             conn.request("GET", "/")
             response = conn.getresponse()
@@ -54,19 +56,32 @@ class Lab:
         finally:
             conn.close()
 
-    def served(self, tries: int = 9) -> set[str]:
+    def served(self, tries: int = 9, port: int | None = None) -> set[str]:
         return {body if status == 200 else f"HTTP {status}" for status, body, _ in
-                (self.get() for _ in range(tries))}
+                (self.get(port) for _ in range(tries))}
+
+    def echo(self, line: str) -> str:
+        """One line through the TCP pool (lab/labtool.py echo, as the demo shows it): the answer,
+        or the tool's complaint (no backend: nginx closes the connection)."""
+        done = subprocess.run([sys.executable, str(LAB / "labtool.py"), "echo", "127.0.0.1", self.env["TCP_PORT"],
+                               line], capture_output=True, text=True, timeout=30, check=False, env=self.env)
+        return (done.stdout or done.stderr).strip()
+
+    def lbsync(self, *args: str) -> subprocess.CompletedProcess:
+        """lbsync on the lab LB's config (its exit status is the caller's to check)."""
+        return subprocess.run([sys.executable, "-m", "lbsync", "-c", str(self.dir / "lb" / "lbsync.toml"), *args],
+                              env=self.env, capture_output=True, text=True, timeout=60, check=False)
 
     def lbsync_log(self) -> str:
         return (self.dir / "lb" / "lbsync.log").read_text()
 
-    def pool(self) -> set[str]:
-        """The backends nginx's live balancer holds now (read back from its control socket)."""
+    def pool(self, name: str = "web") -> set[str]:
+        """The backends nginx's live balancer holds now for an HTTP pool (upstream lbs_NAME; read
+        back from its control socket)."""
         from lbsync import control
 
         status, reply = control.call(str(self.dir / "nginx" / "run" / "control.sock"), "GET",
-                                     "/pools/lbs_backend")
+                                     f"/pools/lbs_{name}")
         return {backend["name"] for backend in reply["backends"]} if status == 200 else set()
 
     def members(self) -> dict[str, str]:
@@ -89,12 +104,15 @@ class Lab:
 
 @contextlib.contextmanager
 def running_lab(tmp_path: Path, net: str) -> Iterator[Lab]:
-    """A lab in tmp_path on loopback network `net` (web node N on <net>.N) with free ports."""
+    """A lab in tmp_path on loopback network `net` (web node N on <net>.N; api, cache and static
+    node N on <net>.(100+N), .(150+N), .(200+N)) with free ports."""
     require("serf"), require("nginx")
     lab_dir = tmp_path / "lab"
     env = {**os.environ, "LAB_DIR": str(lab_dir), "LAB_NET": net, "PYTHON": sys.executable,
            "LB_IP": "127.0.0.1", "LB_SERF_PORT": str(free_port()), "LB_RPC_PORT": str(free_port()),
-           "HTTP_PORT": str(free_port()), "STATUS_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{net}.1")),
+           "HTTP_PORT": str(free_port()), "API_PORT": str(free_port()), "TCP_PORT": str(free_port()),
+           "STATUS_PORT": str(free_port()), "WEB_PORT": str(free_port(f"{net}.1")),
+           "CACHE_PORT": str(free_port(f"{net}.151")),  # cache node N: <net>.(150+N)
            "WEB_SERF_PORT": str(free_port(f"{net}.1")), "WEB_RPC_PORT": str(free_port(f"{net}.1"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}:/usr/sbin"
     lab = Lab(lab_dir, env)

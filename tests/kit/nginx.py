@@ -2,7 +2,8 @@
 
 Layout under the prefix: `nginx.conf` includes `main.d/*.conf` at main level and `conf.d/*.conf`
 at http level, with the shipped main-context snippet, site and 503 page, and an upstream file
-(`conf.d/lbs_upstream.conf`, a `down` placeholder until lbsync renders one). Why these two
+(`conf.d/lbs_upstream.conf`, a `down` placeholder until lbsync renders one); an LB with [[pool]]
+tables (the lab's) has neither site nor upstream file: its pools bring their own. Why these two
 include directories: they are where a host's nginx takes drop-ins, so a data-plane driver that
 loads modules (main.d) or adds Lua and server blocks (conf.d) works the same here and on a host.
 """
@@ -48,10 +49,17 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def write_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") -> Path:
-    """nginx's whole config under `prefix` (the layout above); returns the upstream file."""
+def write_prefix(prefix: Path, listen: str = "", upstream_name: str = "lbs_backend", *, site: bool = True) -> Path:
+    """nginx's whole config under `prefix` (the layout above); returns the upstream file.
+
+    `site=False` (an LB with [[pool]] tables, whose pools bring their own server blocks): no
+    legacy site on `listen` and no upstream file, a stale one of either is removed, and the path
+    returned is where the HTTP pools go (conf.d/lbs_pools.conf; TCP pools: `Nginx.stream`'s path).
+    """
     from lbsync.render import render
 
+    if site and not listen:
+        raise ValueError("write_prefix: the site needs a listen address")
     for sub in ("conf.d", "main.d", "tmp", "html"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     (prefix / "run").mkdir(mode=0o700, exist_ok=True)  # the live data plane's control socket
@@ -63,10 +71,14 @@ def write_prefix(prefix: Path, listen: str, upstream_name: str = "lbs_backend") 
     write_if_changed(prefix / "nginx.conf", NGINX_CONF.format(prefix=prefix, user=user))
     write_if_changed(prefix / "main.d" / "lbs_main.conf", (TEMPLATES / "lbs_main.conf").read_text())
     write_if_changed(prefix / "html" / "lbs_503.html", (TEMPLATES / "lbs_503.html").read_text())
-    site = render(TEMPLATES / "lbs_site.conf.j2", {"listen": [listen], "upstream_name": upstream_name,
+    if not site:
+        for stale in ("lbs_site.conf", "lbs_upstream.conf"):
+            (prefix / "conf.d" / stale).unlink(missing_ok=True)
+        return prefix / "conf.d" / "lbs_pools.conf"
+    text = render(TEMPLATES / "lbs_site.conf.j2", {"listen": [listen], "upstream_name": upstream_name,
                                                    "read_timeout": READ_TIMEOUT,
                                                    "error_root": str(prefix / "html")})
-    write_if_changed(prefix / "conf.d" / "lbs_site.conf", site)
+    write_if_changed(prefix / "conf.d" / "lbs_site.conf", text)
     upstream = prefix / "conf.d" / "lbs_upstream.conf"
     if not upstream.exists():
         upstream.write_text(f"upstream {upstream_name} {{ server 127.0.0.1:1 down; }}\n")
