@@ -106,8 +106,8 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
                        "detail": f"{auto['action']}: {auto.get('reason', '')}"})
     return {
         "schema": 1, "time": now, "host": socket.gethostname(),
-        "serf": {"addr": settings.rpc_addr, "role": settings.role, "error": serf_error or None,
-                 "members": {status: len(names) for status, names in sorted(selection.by_status.items())}},
+        "serf": {"addr": settings.rpc_addr, "role": ", ".join(_roles(settings)), "error": serf_error or None,
+                 "members": _serf_counts(settings, records, selection)},
         "pools": pools,
         "skipped": [{"name": s.name, "reason": s.reason} for s in selection.skipped],
         "last_run": _last_run(last),
@@ -132,6 +132,20 @@ def _pools(settings: Settings, records: list[dict], last: dict, health: dict) ->
         pools.append({**table, "name": p.pool.name, "protocol": p.pool.protocol, "listen": list(p.pool.listen),
                       "data_plane": "live" if p.pool.name in driver.channels else "reload"})
     return merged(plans), pools
+
+
+def _roles(settings: Settings) -> list[str]:
+    """The Serf roles this LB follows: its one role, or every pool's."""
+    return sorted({pool.follows for pool in settings.pools}) if settings.pools else [settings.role]
+
+
+def _serf_counts(settings: Settings, records: list[dict], selection: Selection) -> dict[str, int]:
+    """Serf members of the roles followed, by status (static members are not Serf's)."""
+    if not settings.pools:
+        return {status: len(names) for status, names in sorted(selection.by_status.items())}
+    roles = _roles(settings)
+    statuses = [str(r.get("Status")) for r in records if any(serves(r.get("Tags"), role) for role in roles)]
+    return {status: statuses.count(status) for status in sorted(set(statuses))}
 
 
 def _pool(settings: Settings, records: list[dict], selection: Selection, served: Served, last: dict,
@@ -279,7 +293,7 @@ def text(data: dict) -> str:
         lines.append(f"skipped  {printable(skip['name'])}: {printable(skip['reason'])}")
     serf = data["serf"]
     members = ", ".join(f"{n} {printable(s)}" for s, n in serf["members"].items()) or "no member has this role"
-    lines.append(f"serf agent {serf['addr']}, role {serf['role']!r}: "
+    lines.append(f"serf agent {serf['addr']}, {'roles' if ',' in serf['role'] else 'role'} {serf['role']!r}: "
                  + (f"unreachable ({printable(serf['error'])})" if serf["error"] else members))
     lines.append(_run_text(data["last_run"], now))
     failure = data["last_failure"]
@@ -313,7 +327,8 @@ def _pool_text(pool: dict, now: float) -> list[str]:
                         "yes" if b["in_nginx"] else "no", b["state"], ago(b["since"], now))
                        for b in pool["backends"]]
     if len(rows) == 1:
-        lines.append("  (no backend: nginx answers 503)")
+        lines.append("  (no backend: nginx closes its connections)" if pool.get("protocol") == "tcp" else
+                     "  (no backend: nginx answers 503)")
     else:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -302,6 +302,7 @@ def test_status_and_the_page_show_every_pool_with_its_listener(tmp_path):
     from lbsync import status, statuspage
 
     s = settings(tmp_path)
+    static.save(s.state_dir, {"web": {"legacy": static.member_from("legacy", "10.0.0.30:80", 1, False, False)}})
     data = status.model(s, RECORDS)
     pools = {p["name"]: p for p in data["pools"]}
     assert list(pools) == ["web", "api", "db"]
@@ -311,3 +312,7 @@ def test_status_and_the_page_show_every_pool_with_its_listener(tmp_path):
     assert "pool db (TCP on 127.0.0.1:5432, " in text and "pool api (HTTP on 127.0.0.1:8080, " in text
     page = statuspage.page(s, RECORDS, {})
     assert "TCP on 127.0.0.1:5432" in page and 'id="pool-api"' in page
+    assert data["serf"]["role"] == "backend, db, web" and data["serf"]["members"] == {"alive": 5}
+    assert "roles 'backend, db, web': 5 alive" in text
+    empty = status.text(status.model(s, []))
+    assert "(no backend: nginx closes its connections)" in empty and "(no backend: nginx answers 503)" in empty
