@@ -19,6 +19,7 @@ from pathlib import Path
 from benchlab import BenchLab, WebNode, make_lab, nodes_for, now
 from common import SCENARIOS, emit, summary
 from kit.net import http_get, wait_until
+from kit.paths import TEMPLATES
 from kit.procs import Processes
 from probes import (
     CONVERGE_DEADLINE,
@@ -36,6 +37,8 @@ from probes import (
 from scenario_agent import agent_trials
 from scenario_churn import churn
 from scenario_faults import fault_trials
+
+PAGE_503 = (TEMPLATES / "lbs_503.html").read_text().strip()  # what the kit's site answers with no backend
 
 PROFILES = {  # churn: seconds (0: not run); agents, trials: how many
     "smoke": {"trials": 2, "burst": 5, "keep": 3, "agents": 1, "faults": False, "churn": 4.0},  # harness check
@@ -132,7 +135,7 @@ def empty_pool(lab: BenchLab, last: list[WebNode]) -> dict:
     status, body = http_get("127.0.0.1", lab.nginx.port)
     answers = Counter(lab.served() for _ in range(6))
     return {"page_503_ms": round(took * 1000, 1) if took is not None else None,
-            "page_says_no_server": status == 503 and "No web server" in body,
+            "page_is_lbsyncs_503": status == 503 and body.strip() == PAGE_503,
             "answers_after": dict(answers), "config_valid": lab.config_valid(),
             "routed_to_departed": sum(n for answer, n in answers.items() if not failed(answer)),
             "config_servers": lab.config_servers(), "reloads": lab.reloads() - reloads}
