@@ -230,7 +230,9 @@ class PoolSettings(Checked):
     """One `[[pool]]`: a listener (HTTP or TCP) in front of the members with its role.
 
     Octavia's listener + pool in one table. nginx's upstream is `lbs_<name>`. `hash_key` empty
-    means $request_uri for HTTP and $remote_addr for TCP.
+    means $request_uri for HTTP and $remote_addr for TCP. `health_check` (run by `lbsync run`):
+    "" is the daemon's `health_path` for an HTTP pool and none for a TCP one; "off"; "connect"
+    (a TCP connect); or a path to GET.
     """
 
     name: str = spec("", rules.identifier)
@@ -242,6 +244,8 @@ class PoolSettings(Checked):
     keepalive: int = spec(0, integer(0, 10000))  # HTTP only: idle upstream connections per worker
     server_name: tuple[str, ...] = spec((), listed(rules.server_name))  # HTTP only; empty: any name
     timeout: float = spec(60.0, number(0, DAY, low_open=True))  # HTTP: read timeout; TCP: idle timeout
+    path: str = spec("/", rules.location_path)  # HTTP only: the prefix proxied; any other path is 404
+    health_check: str = spec("", rules.health_check)  # lbsync run: "", off, connect or a path to GET
 
     TABLE = "pool"
     RELATIONS = (
@@ -250,6 +254,10 @@ class PoolSettings(Checked):
          "is HTTP only (for TCP use hash, whose key defaults to $remote_addr), not for protocol"),
         *((key, "protocol", lambda s, key=key: s.protocol == "http" or not getattr(s, key),
            "is HTTP only, not for protocol") for key in ("keepalive", "server_name")),
+        ("path", "protocol", lambda s: s.protocol == "http" or s.path == "/", "is HTTP only, not for protocol"),
+        ("health_check", "protocol",
+         lambda s: s.protocol == "http" or s.health_check in ("", "off", "connect"),
+         "is a GET, HTTP only (use connect), not for protocol"),
     )
 
     @property

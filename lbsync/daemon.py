@@ -35,11 +35,11 @@ from . import metrics, sync
 from .config import Settings
 from .drivers.base import pushes_only
 from .errors import LbsyncError, SourceError
-from .health import Checker, targets_for
+from .health import Checker
 from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, stats_key, throttle_left
 from .plan import SyncResult
-from .pools import http_backends
+from .pools import health_checked, health_targets
 from .sdnotify import notify
 from .serf import RpcTarget, SerfClient, connect, lb_members
 from .serflog import LogWatch
@@ -140,7 +140,8 @@ class Daemon:
 
     def _log_start(self) -> None:
         d = self.settings.daemon
-        health = f"health GET {d.health_path} every {d.health_interval:g} s" if d.health_path else "health off"
+        health = (f"health checks every {d.health_interval:g} s" + (f" (GET {d.health_path})" if d.health_path else "")
+                  if health_checked(self.settings) else "health off")
         follow = (f"serf's log for member events (full list every {d.idle_interval:g} s), else poll"
                   if d.follow_log else "poll")
         pacing = ("live data plane: changes pushed at once" if self.live else
@@ -315,7 +316,7 @@ class Daemon:
                 left = result.hold.since + self.settings.collapse_grace - time.time()
                 self.next_resync = min(self.next_resync, now + max(left, 0.0) + 0.01)
             if self.health is not None:
-                self.health.set_targets(targets_for(http_backends(self.settings, result.backends)))
+                self.health.set_targets(health_targets(self.settings, result.backends))
         self._publish()
 
     def _notify(self, status: str) -> None:
@@ -366,11 +367,11 @@ class Daemon:
         self.debounce.force()
 
     def _set_health(self, settings: Settings) -> None:
-        """Start, retune or stop the checker to match `daemon.health_path`."""
-        if settings.daemon.health_path and self.health is None:
+        """Start, retune or stop the checker: on while `daemon.health_path` or a pool asks for checks."""
+        if health_checked(settings) and self.health is None:
             self.health = Checker(settings.daemon, on_change=self.wakeup.set)
             self.health.start()
-        elif settings.daemon.health_path and self.health is not None:
+        elif health_checked(settings) and self.health is not None:
             self.health.settings = settings.daemon
         elif self.health is not None:
             self.health.stop()

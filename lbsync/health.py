@@ -24,11 +24,13 @@ MAX_WORKERS = 16  # probes of one round run in parallel; a hung backend must not
 
 @dataclass(frozen=True)
 class Target:
-    """What to probe: a rendered backend's name and endpoint."""
+    """What to probe: a rendered backend's name and endpoint, and how: `check` is a path to GET,
+    "connect" (a TCP connect: a TCP pool's backend) or "" (GET the daemon's health_path)."""
 
     name: str
     host: str
     port: int
+    check: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ def observe(state: BackendHealth, ok: bool, error: str, rise: int, fall: int) ->
 
 
 def probe(target: Target, path: str, timeout: float) -> str:
-    """GET `path` on the backend; '' when it answered 2xx/3xx in time, else why not."""
+    """GET `path` on the backend ("connect": only connect); '' when it answered 2xx/3xx (or
+    accepted) in time, else why not."""
+    if path == "connect":
+        return connect_probe(target, timeout)
     conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"User-Agent": "lbsync-health", "Connection": "close"})
@@ -110,7 +115,7 @@ class Checker:
         with self._lock:
             targets = self._targets
         cfg = self.settings
-        futures = [(t, pool.submit(self._probe, t, cfg.health_path, cfg.health_timeout)) for t in targets]
+        futures = [(t, pool.submit(self._probe, t, t.check or cfg.health_path, cfg.health_timeout)) for t in targets]
         for target, future in futures:
             self._record(target, future.result())
 
@@ -143,7 +148,20 @@ class Checker:
                 self._stop.wait(max(left, 0.01))
 
 
-def targets_for(backends) -> tuple[Target, ...]:
+def targets_for(backends, check: str = "") -> tuple[Target, ...]:
     """Members rendered as backends -> what to probe (draining ones are already down)."""
-    return tuple(Target(m.name, str(m.addr), m.port) for m in backends if not m.draining)
+    return tuple(Target(m.name, str(m.addr), m.port, check) for m in backends if not m.draining)
+
+
+def connect_probe(target: Target, timeout: float) -> str:
+    """A TCP connect to the backend: '' when it accepted in time, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout):
+            return ""
+    except TimeoutError:
+        return f"no connection within {timeout:g} s"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import rules, static
+from .health import Target, targets_for
 from .members import Member, Selection, Skip, select, serves
 from .plan import Plan
 
@@ -85,7 +86,8 @@ def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
                 mine.append(record)
         selection = select(records + mine, single, held)
         selection = dataclasses.replace(selection, skipped=selection.skipped + tuple(clashes))
-        plans.append(PoolPlan(pool, Plan.of(single, selection, unhealthy if pool.protocol == "http" else frozenset())))
+        checked = unhealthy if pool_check(settings, pool) else frozenset()  # verdicts of its own checks only
+        plans.append(PoolPlan(pool, Plan.of(single, selection, checked)))
     return tuple(plans)
 
 
@@ -103,10 +105,29 @@ def merged(plans: tuple[PoolPlan, ...]) -> Selection:
     )
 
 
-def http_backends(settings: Settings, backends: tuple[Member, ...]) -> tuple[Member, ...]:
-    """The backends HTTP health checks may probe: all of a single pool, the HTTP pools' ones with
-    [[pool]] tables (a TCP service would fail an HTTP GET; TCP pools have no active checks yet)."""
+def health_targets(settings: Settings, backends: tuple[Member, ...]) -> tuple[Target, ...]:
+    """What `lbsync run` probes: a single pool's backends with the daemon's health_path; with
+    [[pool]] tables each backend as its pool's `health_check` says (a TCP pool's: none unless
+    "connect"; an HTTP GET would fail on a TCP service)."""
     if not settings.pools:
-        return backends
-    roles = {pool.follows for pool in settings.pools if pool.protocol == "http"}
-    return tuple(m for m in backends if m.role in roles)
+        return targets_for(backends) if settings.daemon.health_path else ()
+    out: list[Target] = []
+    for pool in settings.pools:
+        check = pool_check(settings, pool)
+        if check:
+            out += targets_for((m for m in backends if m.role == pool.follows), check)
+    return tuple(dict.fromkeys(out))
+
+
+def pool_check(settings: Settings, pool: PoolSettings) -> str:
+    """The check a pool's backends get: a path, "connect", or "" for none."""
+    if pool.health_check == "off":
+        return ""
+    if pool.health_check:
+        return pool.health_check
+    return settings.daemon.health_path if pool.protocol == "http" else ""
+
+
+def health_checked(settings: Settings) -> bool:
+    """Whether `lbsync run` runs active health checks at all."""
+    return bool(settings.daemon.health_path) or any(pool_check(settings, pool) for pool in settings.pools)

@@ -219,6 +219,28 @@ def server_name(value: Any) -> str:
     return value
 
 
+LOCATION_RE = re.compile(r"/[A-Za-z0-9/._~-]{0,200}")
+
+
+def location_path(value: Any) -> str:
+    """A URL path prefix nginx takes unquoted as a location: '/', '/api/' (no spaces, quotes,
+    ;{}$ or regex characters)."""
+    if not LOCATION_RE.fullmatch(text(value)):
+        raise ValueError(f"{value!r} is not a path of /, letters, digits and ._~- starting with /")
+    return value
+
+
+def health_check(value: Any) -> str:
+    """A pool's active check: '' (the daemon's health_path), 'off', 'connect' (TCP connect) or
+    the URL path to GET."""
+    if text(value) in ("", "off", "connect"):
+        return value
+    try:
+        return location_path(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not off, connect or a URL path to GET") from None
+
+
 def optional(parse: Parse) -> Parse:
     return lambda value: "" if value == "" else parse(value)
 

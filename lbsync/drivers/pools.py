@@ -42,7 +42,7 @@ def context(plans: tuple[PoolPlan, ...], protocol: str) -> dict:
     """What the pools templates may use: checked pool settings and validated members only."""
     return {"version": __version__, "pools": [
         {"name": p.pool.name, "role": p.pool.follows, "upstream": p.pool.upstream,
-         "listen": list(p.pool.listen), "server_name": list(p.pool.server_name),
+         "listen": list(p.pool.listen), "server_name": list(p.pool.server_name), "path": p.pool.path,
          "algorithm": p.pool.algorithm, "hash_key": p.pool.key, "keepalive": p.pool.keepalive,
          "timeout_ms": round(p.pool.timeout * 1000), "backends": list(p.plan.backends),
          "unhealthy": p.plan.down(), "static": sorted(m.name for m in p.plan.backends if m.source == "static")}

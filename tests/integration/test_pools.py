@@ -33,6 +33,7 @@ listen = ["127.0.0.1:{web}"]
 name = "api"
 listen = ["127.0.0.1:{api}"]
 algorithm = "least_conn"
+path = "/v1/"
 
 [[pool]]
 name = "db"
@@ -46,10 +47,12 @@ class PoolsLab:
     def __init__(self, lb: LoadBalancer, ports: dict[str, int]):
         self.lb, self.ports = lb, ports
 
+    PATHS = {"api": "/v1/users"}  # the api pool proxies /v1/ only
+
     def served(self, pool: str, tries: int = 6) -> set[str]:
         names = set()
         for _ in range(tries):
-            status, body = http_get("127.0.0.1", self.ports[pool], "/", 5)
+            status, body = http_get("127.0.0.1", self.ports[pool], self.PATHS.get(pool, "/"), 5)
             names.add(body.strip() if status == 200 else f"HTTP {status}")
         return names
 
@@ -131,7 +134,7 @@ def test_empty_tcp_pool_closes_connections_and_the_config_stays_valid(procs, lab
     assert lab.echo("ping") == ""
     assert "placeholder: no primary backend, connections are closed" in lab.lb.nginx.stream.read_text()
     assert lab.lb.nginx.test_config()
-    status, body = http_get("127.0.0.1", lab.ports["api"], "/", 5)  # the empty HTTP pool: its own page
+    status, body = http_get("127.0.0.1", lab.ports["api"], "/v1/", 5)  # the empty HTTP pool: its own page
     assert status == 503 and "pool <b>api</b>" in body
 
 
@@ -181,3 +184,40 @@ def test_static_member_rules(procs, lab):
     synced = lab.lbsync("sync")
     assert "skipping member web9: pool web: static member: a Serf member" in synced.stderr
     serf("leave", "-rpc-addr", web1.rpc_addr)
+
+
+def test_a_tcp_pool_s_connect_check_takes_a_dead_service_out_and_back(procs, tmp_path):
+    """`lbsync run` with `health_check = "connect"` on the TCP pool: the echo service stops while its
+    Serf agent stays alive; the pool renders it down (an HTTP GET would have failed it from the start)."""
+    ports = {"web": free_port(), "api": free_port(), "db": free_port()}
+    config = (pools_config(**ports).replace("timeout = 5", 'timeout = 5\nhealth_check = "connect"')
+              + "[daemon]\nhealth_path = \"/\"\nhealth_interval = 0.2\nhealth_timeout = 0.5\n"
+                "poll_interval = 0.02\nmin_reload_interval = 0.2\ndebounce_min = 0.02\n")
+    workdir = tmp_path / "lb"
+    lb = start_lb(procs, workdir, config, mode="run", data_plane="reload",
+                  env={"LBSYNC_OUTPUT": str(workdir / "nginx" / "conf.d" / "lbs_pools.conf")})
+    lab = PoolsLab(lb, ports)
+    lb.start_daemon()
+    wait_until(lb.settled, ROUTE_TIMEOUT, "the daemon's first reconcile")
+    ip = "127.0.0.45"
+    port = free_port(ip)
+    echo = start_echo(procs, "echo5", ip, port)
+    start_serf(procs, "db5", ip, {"role": "db", "port": str(port)}, join=lb.lb.bind_addr)
+    wait_until(lambda: lab.echo("ping") == "echo5: ping", ROUTE_TIMEOUT, "db5 routed")
+    assert "failing health checks" not in lb.nginx.stream.read_text()  # never GET-probed
+    echo.stop()
+    wait_until(lambda: "down;  # db5 (failing health checks)" in lb.nginx.stream.read_text(), ROUTE_TIMEOUT,
+               "db5 down by its connect check")
+    wait_until(lambda: lab.echo("ping") == "", ROUTE_TIMEOUT, "nginx refusing the pool's only, dead, backend")
+    start_echo(procs, "echo5", ip, port)
+    wait_until(lambda: "failing health checks" not in lb.nginx.stream.read_text(), ROUTE_TIMEOUT,
+               "db5 back in the pool after it accepts again")
+    wait_until(lambda: lab.echo("ping") == "echo5: ping", ROUTE_TIMEOUT, "db5 routed again")
+    assert "health checks every 0.2 s" in lb.log()
+
+
+def test_a_pool_s_path_is_all_it_proxies(procs, lab):
+    lab.lb.web(2, role="api")
+    wait_until(lambda: lab.served("api") == {"serf-web2"}, ROUTE_TIMEOUT, "api routed under /v1/")
+    assert http_get("127.0.0.1", lab.ports["api"], "/", 5)[0] == 404
+    assert http_get("127.0.0.1", lab.ports["api"], "/v2/x", 5)[0] == 404

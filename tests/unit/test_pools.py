@@ -38,6 +38,7 @@ listen = ["127.0.0.1:8080"]
 algorithm = "least_conn"
 keepalive = 16
 timeout = 2.5
+path = "/v1/"
 
 [[pool]]
 name = "db"
@@ -108,6 +109,13 @@ def test_pools_from_several_files_add_up(tmp_path):
      "not a host name"),
     ('[[pool]]\nname = "x"\nlisten = ["127.0.0.1:1"]\nhash_key = "$x;}"\n', 'pool "x".hash_key', "misread"),
     ('[[pool]]\nname = "x"\nlisten = ["127.0.0.1:1"]\nlistner = 1\n', 'pool "x".listner', "did you mean 'listen'"),
+    ('[[pool]]\nname = "x"\nlisten = ["127.0.0.1:1"]\npath = "/a b"\n', 'pool "x".path', "is not a path"),
+    ('[[pool]]\nname = "x"\nprotocol = "tcp"\nlisten = ["127.0.0.1:1"]\npath = "/a"\n', 'pool "x".path',
+     "HTTP only"),
+    ('[[pool]]\nname = "x"\nprotocol = "tcp"\nlisten = ["127.0.0.1:1"]\nhealth_check = "/h"\n',
+     'pool "x".health_check', "HTTP only (use connect)"),
+    ('[[pool]]\nname = "x"\nlisten = ["127.0.0.1:1"]\nhealth_check = "sometimes"\n', 'pool "x".health_check',
+     "is not off, connect or a URL path"),
 ])
 def test_bad_pools_name_the_pool_key_and_its_line(tmp_path, extra, key, reason):
     with pytest.raises(ConfigError) as caught:
@@ -208,7 +216,7 @@ def plans_for(tmp_path, unhealthy=frozenset()):
 @pytest.mark.parametrize("case", ["pools", "pools_empty"])
 def test_golden(tmp_path, case):
     records = RECORDS if case == "pools" else []
-    s = settings(tmp_path)
+    s = settings(tmp_path, POOLS + '[daemon]\nhealth_path = "/"\n')  # web2's verdict applies
     text = render_pools(s, plan_pools(s, records, {}, frozenset({"web2"})))
     path = GOLDEN / f"{case}.conf"
     if os.environ.get("REGEN_GOLDEN"):
@@ -287,15 +295,24 @@ def test_every_pool_has_its_own_metrics_labels(tmp_path):
     assert 'lbsync_backend_up{backend="api1",pool="api"} 0.0' in text  # draining
 
 
-def test_health_checks_probe_http_pools_only(tmp_path):
-    from lbsync.pools import http_backends, merged
+def test_each_pool_gets_its_own_health_check(tmp_path):
+    from lbsync.pools import health_checked, health_targets, merged
 
     s = settings(tmp_path)
     plans = plan_pools(s, RECORDS, {}, frozenset({"db1", "web1"}))
-    checked = {(m.name, m.port) for m in http_backends(s, merged(plans).backends)}
-    assert checked == {("web1", 8000), ("web2", 8000), ("web2", 9000), ("api1", 9000)}
+    assert health_targets(s, merged(plans).backends) == () and not health_checked(s)  # no health_path
     db = next(p.plan for p in plans if p.pool.name == "db")
     assert db.down() == []  # an HTTP verdict never takes a TCP backend down
+    s = settings(tmp_path, POOLS.replace('algorithm = "hash"', 'algorithm = "hash"\nhealth_check = "connect"')
+                 .replace("timeout = 2.5", 'timeout = 2.5\nhealth_check = "/healthz"')
+                 + '[daemon]\nhealth_path = "/"\n')
+    plans = plan_pools(s, RECORDS, {}, frozenset())
+    checks = {(t.name, t.port, t.check) for t in health_targets(s, merged(plans).backends)}
+    assert checks == {("web1", 8000, "/"), ("web2", 8000, "/"), ("web2", 9000, "/healthz"),
+                      ("db1", 5432, "connect"), ("db2", 5432, "connect")}  # api1 drains: not probed
+    s = settings(tmp_path, POOLS.replace('algorithm = "least_conn"', 'algorithm = "least_conn"\nhealth_check = "off"')
+                 + '[daemon]\nhealth_path = "/"\n')
+    assert {t.port for t in health_targets(s, merged(plan_pools(s, RECORDS, {}, frozenset())).backends)} == {8000}
 
 
 def test_status_and_the_page_show_every_pool_with_its_listener(tmp_path):
