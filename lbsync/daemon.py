@@ -39,7 +39,7 @@ from .health import Checker
 from .layers import config_path, load
 from .pacing import Backoff, Debounce, Snapshot, member_key, stats_key, throttle_left
 from .plan import SyncResult
-from .pools import health_checked, health_targets
+from .pools import health_checked, health_targets, roles
 from .sdnotify import notify
 from .serf import RpcTarget, SerfClient, connect, lb_members
 from .serflog import LogWatch
@@ -148,7 +148,7 @@ class Daemon:
                   f"reload driver: debounce {d.debounce_min:g}-{d.debounce_max:g} s, min reload interval "
                   f"{d.min_reload_interval:g} s")
         log.info("run: following serf at %s (role %s): %s %g s (full list every %g s), %s, resync every "
-                 "%g s, %s", self.settings.rpc_addr, self.settings.role, follow, d.poll_interval,
+                 "%g s, %s", self.settings.rpc_addr, ", ".join(roles(self.settings)), follow, d.poll_interval,
                  d.members_interval, pacing, d.resync_interval, health)
 
     def _shutdown(self) -> None:

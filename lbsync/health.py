@@ -1,7 +1,8 @@
 """Active health checks: OSS nginx has none, so a backend that Serf still reports alive but that
 hangs would keep receiving (and stalling) requests until Serf's failure detector gave up on it.
 
-Each rendered backend gets `GET daemon.health_path` every `health_interval` seconds with a
+Each rendered backend gets `GET daemon.health_path` (with [[pool]] tables: its pool's
+`health_check`, a path to GET or a TCP connect) every `health_interval` seconds with a
 `health_timeout`. Like Octavia's health monitor, `health_fall` consecutive failures mark it down
 and `health_rise` consecutive successes bring it back. A new backend starts healthy, so a join is
 routed at once. The checker only reports names: reconcile() renders them `down`.

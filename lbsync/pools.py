@@ -31,6 +31,11 @@ class PoolPlan:
     plan: Plan
 
 
+def roles(settings: Settings) -> list[str]:
+    """The Serf roles an LB follows: its one role, or every pool's."""
+    return sorted({pool.follows for pool in settings.pools}) if settings.pools else [settings.role]
+
+
 def settings_for(settings: Settings, pool: PoolSettings, own: tuple[str, ...] | None = None) -> Settings:
     """`settings` as the single pool `pool` (what select, Plan and the drivers take); `own`: the
     LB's listeners as `own_listeners` finds them (asked when None). Each pool's live pool file

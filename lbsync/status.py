@@ -52,6 +52,7 @@ from .errors import SourceError
 from .guard import Memory
 from .members import Selection, select, serves
 from .plan import Served
+from .pools import roles
 from .rules import printable
 
 # a backend's headline state, as a person reads it
@@ -106,7 +107,7 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
                        "detail": f"{auto['action']}: {auto.get('reason', '')}"})
     return {
         "schema": 1, "time": now, "host": socket.gethostname(),
-        "serf": {"addr": settings.rpc_addr, "role": ", ".join(_roles(settings)), "error": serf_error or None,
+        "serf": {"addr": settings.rpc_addr, "role": ", ".join(roles(settings)), "error": serf_error or None,
                  "members": _serf_counts(settings, records, selection)},
         "pools": pools,
         "skipped": [{"name": s.name, "reason": s.reason} for s in selection.skipped],
@@ -134,17 +135,12 @@ def _pools(settings: Settings, records: list[dict], last: dict, health: dict) ->
     return merged(plans), pools
 
 
-def _roles(settings: Settings) -> list[str]:
-    """The Serf roles this LB follows: its one role, or every pool's."""
-    return sorted({pool.follows for pool in settings.pools}) if settings.pools else [settings.role]
-
-
 def _serf_counts(settings: Settings, records: list[dict], selection: Selection) -> dict[str, int]:
     """Serf members of the roles followed, by status (static members are not Serf's)."""
     if not settings.pools:
         return {status: len(names) for status, names in sorted(selection.by_status.items())}
-    roles = _roles(settings)
-    statuses = [str(r.get("Status")) for r in records if any(serves(r.get("Tags"), role) for role in roles)]
+    followed = roles(settings)
+    statuses = [str(r.get("Status")) for r in records if any(serves(r.get("Tags"), role) for role in followed)]
     return {status: statuses.count(status) for status in sorted(set(statuses))}
 
 
