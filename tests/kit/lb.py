@@ -133,8 +133,10 @@ class LoadBalancer:
     def restart_lb_agent(self, join: SerfNode | None = None) -> None:
         """SIGKILL the LB's Serf agent and start a new one on the same RPC address."""
         self.lb.proc.stop(signal.SIGKILL)
+        # on its old gossip port, as a restarted host's agent is: under a new address with the same
+        # name, peers that still hold the killed one would vote the newcomer out (name conflict)
         self.lb = start_serf(self.procs, self.lb.name, self.lb.ip, {"role": "lb"}, rpc_port=self.lb.rpc_port,
-                             join=join.bind_addr if join else None)
+                             bind_port=self.lb.bind_port, join=join.bind_addr if join else None)
 
 
 def nginx_for(workdir: Path) -> Nginx:

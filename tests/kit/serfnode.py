@@ -37,12 +37,13 @@ class SerfNode:
 
 def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None = None,
                join: str | None = None, handler: str | None = None, extra: list[str] | tuple = (),
-               env: dict | None = None, rpc_port: int | None = None) -> SerfNode:
+               env: dict | None = None, rpc_port: int | None = None, bind_port: int | None = None) -> SerfNode:
     """A real `serf agent` on `ip` with the LAN-fast `local` profile; waits until RPC answers.
 
     `env` reaches the agent and so its event handler (Serf passes its environment on); `extra`
-    are more command-line arguments (a later `-log-level` wins over the default debug)."""
-    bind_port = free_port(ip)
+    are more command-line arguments (a later `-log-level` wins over the default debug);
+    `bind_port` reuses a gossip port (an agent restarted where it ran before)."""
+    bind_port = bind_port or free_port(ip)
     while rpc_port is None or rpc_port == bind_port:  # two free_port() calls can agree
         rpc_port = free_port(ip)
     argv = [require("serf"), "agent", "-node", name, "-bind", f"{ip}:{bind_port}",
