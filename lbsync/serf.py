@@ -233,8 +233,11 @@ class SerfClient:
                     rec = _decode_record(records.popleft())
                     if rec.get("Type") == "done":
                         return answers
-                    if rec.get("Type") == "response":
-                        answers[rec.get("From", "")] = rec.get("Payload") or b""
+                    # From "" is no answer: at its deadline Serf closes the query's channels, and
+                    # its stream (a select on them and a timer) sends their zero values until the
+                    # timer fires ("done")
+                    if rec.get("Type") == "response" and rec.get("From"):
+                        answers[rec["From"]] = rec.get("Payload") or b""
             self._dead.add(seq)  # no "done" in time: drop whatever still comes for it
             return answers
         finally:

@@ -170,6 +170,23 @@ def test_query_collects_responses_until_done(fake):
     assert body["FilterTags"] == {"role": "web"} and body["FilterNodes"] == []
 
 
+def test_query_ignores_the_senderless_records_serf_sends_as_its_channels_close(fake):
+    """Serf's query stream selects on its response channel and a deadline timer; at the deadline
+    the channel is closed first and reads as zero records ({"From": "", "Payload": nil}) until the
+    timer wins. Seen in a real run as an answer from node ''."""
+    def script(a: FakeSerf) -> None:
+        a.handshake()
+        seq = a.request("query")
+        a.reply(seq)
+        a.reply(seq, {"Type": "response", "From": "web1", "Payload": b"0.42"})
+        a.reply(seq, {"Type": "response", "From": "", "Payload": None})
+        a.reply(seq, {"Type": "response", "From": "", "Payload": None})
+        a.reply(seq, {"Type": "done", "From": "", "Payload": None})
+
+    with SerfClient(fake(script).addr) as client:
+        assert client.query("load", timeout=1.0) == {"web1": b"0.42"}
+
+
 def test_query_without_done_returns_at_margin_and_drops_late_records(fake, monkeypatch):
     monkeypatch.setattr(serf, "_QUERY_MARGIN", 0.1)
     late = threading.Event()
