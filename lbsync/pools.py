@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """One pool's part of the plan: its settings and what its upstream must hold."""
+    """One pool's part of the plan: its table, its settings as a single pool (`settings_for`)
+    and what its upstream must hold."""
 
     pool: PoolSettings
+    single: Settings
     plan: Plan
 
 
@@ -92,7 +94,7 @@ def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
         selection = select(records + mine, single, held)
         selection = dataclasses.replace(selection, skipped=selection.skipped + tuple(clashes))
         checked = unhealthy if pool_check(settings, pool) else frozenset()  # verdicts of its own checks only
-        plans.append(PoolPlan(pool, Plan.of(single, selection, checked)))
+        plans.append(PoolPlan(pool, single, Plan.of(single, selection, checked)))
     return tuple(plans)
 
 

@@ -122,14 +122,14 @@ def model(settings: Settings, records: list[dict], served: Served | None = None,
 def _pools(settings: Settings, records: list[dict], last: dict, health: dict) -> tuple[Selection, list[dict]]:
     """With [[pool]] tables: every pool's table, from the same selection a reconcile makes."""
     from .drivers.pools import PoolsDriver
-    from .pools import merged, plan_pools, settings_for
+    from .pools import merged, plan_pools
 
     plans = plan_pools(settings, records, Memory.of(last).endpoints, frozenset())
     driver = PoolsDriver(settings)
     served = driver.served_pools()
     pools = []
     for p in plans:
-        table = _pool(settings_for(settings, p.pool), records, p.plan.selection, served[p.pool.name], last, health)
+        table = _pool(p.single, records, p.plan.selection, served[p.pool.name], last, health)
         pools.append({**table, "name": p.pool.name, "protocol": p.pool.protocol, "listen": list(p.pool.listen),
                       "data_plane": "live" if p.pool.name in driver.channels else "reload"})
     return merged(plans), pools

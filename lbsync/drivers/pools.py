@@ -140,11 +140,6 @@ class PoolsDriver:
             pool["pool_file"] = str(self.channels[pool["name"]].pool_file)
         return {**values, "lua_dir": self.settings.lua_dir, "control_socket": self.settings.control_socket}
 
-    def served(self) -> Served:
-        """Every server line of both files (see `served_pools` for them pool by pool)."""
-        rows = tuple(row for pool in self.served_pools().values() for row in pool.backends)
-        return Served(f"files {self.http}, {self.stream}", rows)
-
     def served_pools(self) -> dict[str, Served]:
         """pool name -> what nginx serves for it: a live pool read back from nginx, the others'
         servers as their upstream lists them in the installed files."""
