@@ -33,6 +33,11 @@ MODES = ("handle", "run", "handle-live", "run-live", "naive")
 NAIVE = BENCH / "peers" / "naive_handler.sh"
 # `lbsync run` as an operator would deploy it: shipped defaults plus active health checks
 RUN_TOML = '[daemon]\nhealth_path = "/"\n'
+# A web node's agent stands for another host: on this box it runs at the lowest CPU priority, so a
+# hundred of them joining at once cannot take the CPU the LB side (nginx, its Serf agent, lbsync)
+# would have to itself on a real LB; they still get all the CPU the LB side leaves. Every mode
+# (the naive peer included) is measured this way.
+WEB_NICE = 19
 SERVER_RE = re.compile(r"^\s*server\s+(\S+?)(\s[^;#]*)?;", re.M)
 
 
@@ -72,7 +77,7 @@ class BenchLab(LoadBalancer):
             try:
                 tags = {"role": "web", "port": str(node.port)}
                 node.serf = start_serf(self.procs, node.name, node.ip, tags, extra=["-log-level", "info"],
-                                       join=self.lb.bind_addr if join else None)
+                                       join=self.lb.bind_addr if join else None, nice=WEB_NICE)
                 return node.serf
             except AssertionError:
                 if attempt == 2:

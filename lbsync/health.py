@@ -10,8 +10,9 @@ routed at once. The checker only reports names: reconcile() renders them `down`.
 
 from __future__ import annotations
 
-import http.client
 import logging
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 log = logging.getLogger("lbsync")
 
 MAX_WORKERS = 16  # probes of one round run in parallel; a hung backend must not delay the others
+STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3})[ \r]")
+STATUS_LINE_MAX = 256  # bytes read at most to find it
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,50 @@ def observe(state: BackendHealth, ok: bool, error: str, rise: int, fall: int) ->
 
 def probe(target: Target, path: str, timeout: float) -> str:
     """GET `path` on the backend ("connect": only connect); '' when it answered 2xx/3xx (or
-    accepted) in time, else why not."""
+    accepted) within `timeout` in all, else why not."""
     if path == "connect":
         return connect_probe(target, timeout)
-    conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"User-Agent": "lbsync-health", "Connection": "close"})
-        status = conn.getresponse().status
-        return "" if 200 <= status < 400 else f"HTTP {status}"
+        status = http_status(target, path, time.monotonic() + timeout)
     except TimeoutError:
         return f"no answer within {timeout:g} s"
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    finally:
-        conn.close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}" if (exc.strerror or str(exc)) else type(exc).__name__
+    except ValueError as exc:  # it answered, but not HTTP
+        return str(exc)
+    return "" if 200 <= status < 400 else f"HTTP {status}"
+
+
+def http_status(target: Target, path: str, deadline: float) -> int:
+    """The status code of `GET path` (HTTP/1.0, Connection: close); only the status line is read.
+
+    On a bare socket, not http.client: a round probes every backend every few seconds, and
+    http.client parses each reply's headers with the email package, which at a hundred backends
+    cost `lbsync run` most of its CPU and held the GIL its loop needs during a join storm."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    request = (f"GET {path} HTTP/1.0\r\nHost: {host}:{target.port}\r\nUser-Agent: lbsync-health\r\n"
+               "Connection: close\r\n\r\n").encode()
+    with socket.create_connection((target.host, target.port), timeout=_left(deadline)) as sock:
+        sock.settimeout(_left(deadline))
+        sock.sendall(request)
+        head = b""
+        while b"\r\n" not in head and len(head) < STATUS_LINE_MAX:
+            sock.settimeout(_left(deadline))
+            chunk = sock.recv(STATUS_LINE_MAX)
+            if not chunk:
+                break
+            head += chunk
+    match = STATUS_LINE.match(head)
+    if match is None:
+        raise ValueError(f"not an HTTP reply: {head[:40]!r}" if head else "closed without a reply")
+    return int(match.group(1))
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
 
 
 class Checker:
@@ -156,8 +189,6 @@ def targets_for(backends, check: str = "") -> tuple[Target, ...]:
 
 def connect_probe(target: Target, timeout: float) -> str:
     """A TCP connect to the backend: '' when it accepted in time, else why not."""
-    import socket
-
     try:
         with socket.create_connection((target.host, target.port), timeout=timeout):
             return ""

@@ -66,6 +66,11 @@ def died(proc: Proc) -> bool:
     return False
 
 
+# run in the child's new session: that session's autogroup, then the process itself (and so
+# every thread it starts); without autogroup scheduling the write fails quietly
+NICE_SCRIPT = 'echo "$0" > /proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"'
+
+
 @dataclass
 class Processes:
     """Starts processes (output to `<workdir>/<name>.log`) and stops every one of them."""
@@ -73,9 +78,16 @@ class Processes:
     workdir: Path
     started: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict | None = None) -> Proc:
-        """`argv` in its own session; `env` is added to this process's environment."""
+    def start(self, name: str, argv: list[str], env: dict | None = None, nice: int = 0) -> Proc:
+        """`argv` in its own session; `env` is added to this process's environment.
+
+        `nice` (1-19) lowers the process's CPU priority, its session's autogroup's included: with
+        the kernel's autogroup scheduling every session is one scheduling group, so without it a
+        hundred benchmark agents (each standing for another host) get a hundred shares of this
+        box's CPU against one for the LB under test."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if nice:
+            argv = ["/bin/sh", "-c", NICE_SCRIPT, str(nice), *argv]
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as handle:
             popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -37,12 +37,14 @@ class SerfNode:
 
 def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None = None,
                join: str | None = None, handler: str | None = None, extra: list[str] | tuple = (),
-               env: dict | None = None, rpc_port: int | None = None, bind_port: int | None = None) -> SerfNode:
+               env: dict | None = None, rpc_port: int | None = None, bind_port: int | None = None,
+               nice: int = 0) -> SerfNode:
     """A real `serf agent` on `ip` with the LAN-fast `local` profile; waits until RPC answers.
 
     `env` reaches the agent and so its event handler (Serf passes its environment on); `extra`
     are more command-line arguments (a later `-log-level` wins over the default debug);
-    `bind_port` reuses a gossip port (an agent restarted where it ran before)."""
+    `bind_port` reuses a gossip port (an agent restarted where it ran before); `nice`: see
+    `Processes.start`."""
     bind_port = bind_port or free_port(ip)
     while rpc_port is None or rpc_port == bind_port:  # two free_port() calls can agree
         rpc_port = free_port(ip)
@@ -54,7 +56,7 @@ def start_serf(procs: Processes, name: str, ip: str, tags: dict[str, str] | None
         argv += ["-join", join]
     if handler:
         argv += ["-event-handler", handler]
-    proc = procs.start(f"serf-{name}", argv, env)
+    proc = procs.start(f"serf-{name}", argv, env, nice=nice)
     wait_until(lambda: connects(ip, rpc_port) or died(proc), 10, f"serf agent {name} RPC")
     return SerfNode(name, ip, bind_port, rpc_port, proc)
 

@@ -3,9 +3,11 @@ probe against in-process loopback sockets (one answers, one hangs, one refuses).
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -79,3 +81,40 @@ def test_probe_of_a_closed_port_fails():
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
     assert "ConnectionRefused" in probe(Target("gone", "127.0.0.1", port), "/", 1.0)
+
+
+def one_reply_server(*parts: bytes, pause: float = 0.05):
+    """A loopback server that answers one connection with `parts` (pausing between them), then closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = server.accept()
+        with conn, contextlib.suppress(OSError):  # the probe may give up and close first
+            conn.recv(4096)
+            for part in parts:
+                conn.sendall(part)
+                time.sleep(pause)
+    threading.Thread(target=serve, daemon=True).start()
+    return server, Target("web", "127.0.0.1", server.getsockname()[1])
+
+
+@pytest.mark.parametrize("parts, verdict", [
+    ((b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n",), ""),
+    ((b"HTT", b"P/1.0 200 OK\r\n\r\nbody"), ""),  # the status line split across segments
+    ((b"HTTP/1.1 503 Service Unavailable\r\n\r\n",), "HTTP 503"),
+    ((b"SSH-2.0-OpenSSH_9.2\r\n",), "not an HTTP reply: b'SSH-2.0-OpenSSH_9.2\\r\\n'"),
+    ((), "closed without a reply"),
+])
+def test_probe_reads_only_the_status_line(parts, verdict):
+    server, target = one_reply_server(*parts)
+    with server:
+        assert probe(target, "/health", 2.0) == verdict
+
+
+def test_probe_deadline_covers_the_whole_exchange():
+    """A backend that trickles its status line byte by byte still fails within the timeout."""
+    server, target = one_reply_server(*(bytes([b]) for b in b"HTTP/1.1 200 OK\r\n"), pause=0.1)
+    with server:
+        started = time.monotonic()
+        assert probe(target, "/", 0.3) == "no answer within 0.3 s"
+        assert time.monotonic() - started < 1.0
