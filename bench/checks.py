@@ -190,6 +190,9 @@ def check_wrk_report_parsed_and_runs_interleaved():
         scenario_throughput.parse_wrk("wrk: connection refused")
     assert scenario_throughput.abba(2) == ["static", "live", "live", "static"]
     assert scenario_throughput.abba(5).count("live") == 5
+    # pairs run back to back: a drift between pairs does not move their ratio
+    assert scenario_throughput.paired_ratio([100, 50, 100], [95, 48, 110]) == 0.96
+    assert scenario_throughput.paired_ratio([0], [10]) is None
 
 
 def check_static_site_is_the_shipped_site_on_a_static_upstream():

@@ -35,8 +35,8 @@ from kit.serfnode import start_serf
 
 PROFILES = {  # runs a side (interleaved ABBA), seconds per wrk run, connections, upstream keepalives
     "smoke": {"runs": 2, "seconds": 1, "connections": 16, "keepalive": (16,)},
-    "quick": {"runs": 6, "seconds": 3, "connections": 16, "keepalive": (16,)},
-    "full": {"runs": 8, "seconds": 5, "connections": 16, "keepalive": (16, 0)},
+    "quick": {"runs": 20, "seconds": 1, "connections": 16, "keepalive": (16,)},
+    "full": {"runs": 30, "seconds": 2, "connections": 16, "keepalive": (16, 0)},
 }
 BACKENDS = 4
 REQUESTS_RE = re.compile(r"^\s*(\d+) requests in ", re.M)
@@ -56,6 +56,15 @@ def parse_wrk(text: str) -> dict:
 def abba(runs: int) -> list[str]:
     """static, live, live, static, ...: `runs` runs a side (pure)."""
     return [side for i in range(runs) for side in (("static", "live") if i % 2 == 0 else ("live", "static"))]
+
+
+def paired_ratio(static: list[float], live: list[float]) -> float | None:
+    """The median of live/static over the pairs run back to back (pure).
+
+    This machine's speed drifts by more than the balancer costs (single runs of one side spread
+    by a fifth), over seconds; a pair shares the machine's state, so its ratio does not drift."""
+    ratios = [b / a for a, b in zip(static, live) if a > 0]
+    return round(statistics.median(ratios), 3) if ratios else None
 
 
 def static_site(port: int, backends: list[str], keepalive: int, error_root: str) -> str:
@@ -129,6 +138,8 @@ def measure(keepalive: int, shape: dict, workdir: Path, wrk: str) -> dict:
                          "errors": [r["errors"] for r in results if r["errors"]]}
         out["live_over_static"] = ratio(out["live"]["rps_median"], out["static"]["rps_median"])
         out["cpu_live_over_static"] = ratio(out["live"]["cpu_us_median"], out["static"]["cpu_us_median"])
+        out["live_over_static_paired"] = paired_ratio(out["static"]["rps"], out["live"]["rps"])
+        out["cpu_live_over_static_paired"] = paired_ratio(out["static"]["cpu_us"], out["live"]["cpu_us"])
         return out
     finally:
         procs.stop_all()
@@ -149,9 +160,13 @@ def main(profile: str, workdir: Path) -> dict:
     for keepalive in shape["keepalive"]:
         out[f"keepalive_{keepalive}"] = measure(keepalive, shape, workdir / f"keepalive-{keepalive}", wrk)
     line = "; ".join(f"upstream keepalive {v['keepalive']}: live {v['live']['rps_median']} vs static "
-                     f"{v['static']['rps_median']} req/s ({v['live_over_static']})"
+                     f"{v['static']['rps_median']} req/s ({v['live_over_static']}; pairs {v['live_over_static_paired']})"
                      for v in out.values() if isinstance(v, dict))
     return emit("throughput", out, line)
+
+
+def _spread(values: list[int]) -> str:
+    return f"{min(values)}-{max(values)}" if values else "-"
 
 
 def render(result: dict | None) -> str:
@@ -171,8 +186,12 @@ def render(result: dict | None) -> str:
                 f"{value['keepalive']}")
         rows.append([f"{what}: req/s (median of {len(value['live']['rps'])})", value["static"]["rps_median"],
                      value["live"]["rps_median"], value["live_over_static"]])
+        rows.append([f"{what}: req/s, median of the back-to-back pairs' ratios", None, None,
+                     value.get("live_over_static_paired")])
         rows.append([f"{what}: LB worker CPU us/request (median)", value["static"]["cpu_us_median"],
                      value["live"]["cpu_us_median"], value["cpu_live_over_static"]])
-        rows.append([f"{what}: every run's req/s",
-                     " ".join(map(str, value["static"]["rps"])), " ".join(map(str, value["live"]["rps"])), None])
+        rows.append([f"{what}: LB CPU us/request, median of the pairs' ratios", None, None,
+                     value.get("cpu_live_over_static_paired")])
+        rows.append([f"{what}: runs' req/s, lowest-highest (each run is in the JSON)",
+                     _spread(value["static"]["rps"]), _spread(value["live"]["rps"]), None])
     return format_table(("throughput through the LB", "static upstream", "live pool", "live/static"), rows)
