@@ -2,7 +2,7 @@
 
 Modes share everything but the piece that follows Serf and the data plane, so their figures
 compare like with like:
-  handle       the LB's Serf agent runs `python -m lbsync handle` as its event handler; reload driver
+  handle       the LB's Serf agent runs `lbsync handle` as its event handler; reload driver
   run          the LB's Serf agent has no handler; `python -m lbsync run` follows it over RPC; reload
   handle-live  as handle, with the live driver (pushes to nginx's Lua balancer, no reload)
   run-live     as run, with the live driver

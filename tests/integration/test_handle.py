@@ -1,7 +1,7 @@
 """`lbsync handle` as the event handler of a real Serf agent, in front of a real nginx.
 
 Every web node is a real `serf agent` on its own loopback address with a tiny web server beside
-it; the LB is a Serf agent on 127.0.0.1 whose handler is `python -m lbsync handle`.
+it; the LB is a Serf agent on 127.0.0.1 whose handler is `lbsync handle`.
 """
 
 from __future__ import annotations

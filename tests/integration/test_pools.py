@@ -2,7 +2,7 @@
 Serf role, static members beside Serf members, all through real serf agents and a real nginx with
 Debian's stream module.
 
-The LB is a Serf agent on 127.0.0.1 whose handler is `python -m lbsync handle`; every backend is
+The LB is a Serf agent on 127.0.0.1 whose handler is `lbsync handle`; every backend is
 a real `serf agent` on its own loopback address beside a tiny web or echo server.
 """
 

@@ -1,7 +1,7 @@
 """The one LB setup: a real nginx, the LB's real Serf agent, lbsync following it, web nodes.
 
 Modes differ only in what follows Serf, so tests and benchmarks compare like with like:
-  hook  the LB's agent runs `handler` on member events: `python -m lbsync handle` by default
+  hook  the LB's agent runs `handler` on member events: `lbsync handle` (HOOK) by default
         (the benchmarks pass their naive peer's script instead)
   run   the agent has no handler; `start_daemon()` runs `python -m lbsync -v run` as a process,
         so SIGTERM, SIGHUP, reconnects and restarts are real
@@ -26,7 +26,10 @@ from kit.paths import ECHO_SERVER, ROOT, WEB_SERVER
 from kit.procs import Proc, Processes, died
 from kit.serfnode import SerfNode, start_serf
 
-HOOK = f"{sys.executable} -m lbsync handle"
+# Serf's hook as `lbsync install` writes it: the console script (/usr/local/bin/lbsync there), not
+# `python -m`, whose runpy start-up costs every event a few ms more than a real LB pays
+SCRIPT = Path(sys.executable).with_name("lbsync")
+HOOK = f"{SCRIPT} handle" if SCRIPT.exists() else f"{sys.executable} -m lbsync handle"
 # `run` mode's defaults, fast enough for tests; a config with its own [daemon] table replaces them
 FAST_DAEMON = """\
 [daemon]
