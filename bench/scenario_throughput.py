@@ -160,7 +160,8 @@ def main(profile: str, workdir: Path) -> dict:
     for keepalive in shape["keepalive"]:
         out[f"keepalive_{keepalive}"] = measure(keepalive, shape, workdir / f"keepalive-{keepalive}", wrk)
     line = "; ".join(f"upstream keepalive {v['keepalive']}: live {v['live']['rps_median']} vs static "
-                     f"{v['static']['rps_median']} req/s ({v['live_over_static']}; pairs {v['live_over_static_paired']})"
+                     f"{v['static']['rps_median']} req/s ({v['live_over_static']}; "
+                     f"pairs {v['live_over_static_paired']})"
                      for v in out.values() if isinstance(v, dict))
     return emit("throughput", out, line)
 

@@ -143,7 +143,7 @@ def _read_toml(path: Path, required: bool) -> dict:
         if required:
             raise ConfigError(f"config file {path} does not exist") from None
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: tomllib's TOMLDecodeError, or not UTF-8
         raise ConfigError(f"config file {path}: {exc}") from None
 
 

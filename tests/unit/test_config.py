@@ -43,6 +43,14 @@ def test_bad_values_are_one_line_errors(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    """It was a traceback: tomllib raises UnicodeDecodeError, not TOMLDecodeError, for such bytes."""
+    path = tmp_path / "lbsync.toml"
+    path.write_bytes(b'role = "w\xffb"\n')
+    with pytest.raises(ConfigError, match=r"config file .*lbsync.toml: 'utf-8' codec can't decode"):
+        load(path, env={})
+
+
 def test_env_lists_are_comma_separated(tmp_path):
     settings = load(write(tmp_path, ""), env={"LBSYNC_ALLOWED_NETWORKS": "10.0.0.0/8, 192.168.56.0/24"})
     assert settings.allowed_networks == ("10.0.0.0/8", "192.168.56.0/24")
