@@ -17,6 +17,8 @@ from kit.paths import ROOT
 from kit.procs import Processes
 from kit.serfnode import SerfNode, serf
 
+from lbsync.serf import SerfClient
+
 pytestmark = pytest.mark.integration
 
 PAGE_503 = (ROOT / "lbsync" / "templates" / "lbs_503.html").read_text()
@@ -106,10 +108,14 @@ def test_second_run_without_change_neither_writes_nor_reloads(lab):
 
 
 def test_two_load_balancers_render_identical_bytes(procs, tmp_path):
+    """Each web node joins both LBs, as a pair's web nodes do (`join` lists both): joined through
+    one LB only, the other hears of it by gossip, and a gossip message lost on this busy machine
+    left it without that node until Serf's next push-pull, 15 s later (a flaky timeout here)."""
     first = make_lab(procs, tmp_path / "lb1")
     second = make_lab(procs, tmp_path / "lb2", lb_ip="127.0.0.2", join=first.lb)
-    first.web(1)
-    first.web(2, weight="3")
+    for node in (first.web(1), first.web(2, weight="3")):
+        with SerfClient(node.rpc_addr) as client:
+            assert client.join([second.lb.bind_addr]) == 1
     for lab in (first, second):
         wait_until(lambda: "# backends: 2" in lab.upstream(), ROUTE_TIMEOUT, "both LBs see two backends")
     assert first.upstream() == second.upstream()
