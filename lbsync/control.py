@@ -8,12 +8,21 @@ than a status line, a Content-Length and a body.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import Any
 
 from .errors import PushError
 
 MAX_REPLY = 16 * 2**20  # a GET of a 10,000-backend pool is well below this
+STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3})(?:[ \r]|$)")
+
+
+def status_code(reply: bytes) -> int | None:
+    """The status code of an HTTP reply that starts with `reply`, None if it does not start with
+    a status line (also what the health probes read: nothing but this line)."""
+    match = STATUS_LINE.match(reply)
+    return int(match.group(1)) if match else None
 
 
 def call(socket_path: str, method: str, path: str, body: bytes = b"", timeout: float = 2.0) -> tuple[int, Any]:
@@ -43,10 +52,10 @@ def _read_all(sock: socket.socket) -> bytes:
 
 def _parse(socket_path: str, reply: bytes) -> tuple[int, Any]:
     head, sep, body = reply.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+    status = status_code(head)
+    if not sep or status is None:
         raise PushError(f"nginx control socket {socket_path}: not an HTTP reply: {reply[:80]!r}")
     try:
-        return int(status_line[1]), json.loads(body) if body.strip() else None
+        return status, json.loads(body) if body.strip() else None
     except ValueError:
         raise PushError(f"nginx control socket {socket_path}: reply is not JSON: {body[:80]!r}") from None

@@ -11,7 +11,6 @@ routed at once. The checker only reports names: reconcile() renders them `down`.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import threading
 import time
@@ -19,11 +18,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .control import status_code
+
 log = logging.getLogger("lbsync")
 
 MAX_WORKERS = 16  # probes of one round run in parallel; a hung backend must not delay the others
-STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3})[ \r]")
-STATUS_LINE_MAX = 256  # bytes read at most to find it
+STATUS_LINE_MAX = 256  # bytes read at most to find the status line
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ def http_status(target: Target, path: str, deadline: float) -> int:
             if not chunk:
                 break
             head += chunk
-    match = STATUS_LINE.match(head)
-    if match is None:
+    status = status_code(head)
+    if status is None:
         raise ValueError(f"not an HTTP reply: {head[:40]!r}" if head else "closed without a reply")
-    return int(match.group(1))
+    return status
 
 
 def _left(deadline: float) -> float:
