@@ -5,7 +5,9 @@ Each rendered backend gets `GET daemon.health_path` (with [[pool]] tables: its p
 `health_check`, a path to GET or a TCP connect) every `health_interval` seconds with a
 `health_timeout`. Like Octavia's health monitor, `health_fall` consecutive failures mark it down
 and `health_rise` consecutive successes bring it back. A new backend starts healthy, so a join is
-routed at once. The checker only reports names: reconcile() renders them `down`.
+routed at once. A verdict belongs to one target (name, endpoint, check): a node serving two
+pools is judged in each on its own. The checker only reports the failing targets; reconcile()
+renders their backends `down` in the pool they were probed for (`failing`).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class Checker:
         self.on_change = on_change  # a verdict flipped: the daemon's loop wakes up
         self._probe = probe_fn
         self._targets: tuple[Target, ...] = ()
-        self._states: dict[str, BackendHealth] = {}
+        self._states: dict[Target, BackendHealth] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,20 +129,25 @@ class Checker:
             self._thread.join(timeout=5)
 
     def set_targets(self, targets: tuple[Target, ...]) -> None:
-        """Probe these from now on; counters of backends that left are forgotten."""
-        names = {t.name for t in targets}
+        """Probe these from now on; counters of targets no longer probed are forgotten."""
         with self._lock:
             self._targets = targets
-            self._states = {n: s for n, s in self._states.items() if n in names}
+            self._states = {t: s for t, s in self._states.items() if t in targets}
 
-    def unhealthy(self) -> frozenset[str]:
+    def unhealthy(self) -> frozenset[Target]:
+        """The targets marked down (see `failing` for the backends that makes down)."""
         with self._lock:
-            return frozenset(n for n, s in self._states.items() if not s.healthy)
+            return frozenset(t for t, s in self._states.items() if not s.healthy)
 
     def snapshot(self) -> dict[str, dict]:
-        """Per backend: verdict, streaks and last error, for daemon.json."""
+        """Per backend name: verdict, streaks and last error, for daemon.json. A node probed for
+        several pools shows a failing check first: it is down somewhere."""
         with self._lock:
-            states = {t.name: self._states.get(t.name, BackendHealth()) for t in self._targets}
+            states = {}
+            for t in self._targets:
+                state = self._states.get(t, BackendHealth())
+                if t.name not in states or not state.healthy:
+                    states[t.name] = state
         return {n: {"healthy": s.healthy, "oks": s.oks, "fails": s.fails, "error": s.error}
                 for n, s in sorted(states.items())}
 
@@ -158,9 +165,9 @@ class Checker:
         with self._lock:
             if target not in self._targets:
                 return  # it left while being probed
-            before = self._states.get(target.name, BackendHealth())
+            before = self._states.get(target, BackendHealth())
             after = observe(before, not error, error, cfg.health_rise, cfg.health_fall)
-            self._states[target.name] = after
+            self._states[target] = after
         if before.healthy and not after.healthy:
             log.warning("backend %s %s:%d failed %d health checks (%s): marking it down",
                         target.name, target.host, target.port, after.fails, error)
@@ -185,6 +192,11 @@ class Checker:
 def targets_for(backends, check: str = "") -> tuple[Target, ...]:
     """Members rendered as backends -> what to probe (draining ones are already down)."""
     return tuple(Target(m.name, str(m.addr), m.port, check) for m in backends if not m.draining)
+
+
+def failing(unhealthy: frozenset[Target], backends, check: str = "") -> frozenset[str]:
+    """Names of the `backends` (one pool's) whose probe with `check` is marked down."""
+    return frozenset(t.name for t in targets_for(backends, check) if t in unhealthy)
 
 
 def connect_probe(target: Target, timeout: float) -> str:

@@ -20,6 +20,7 @@ the config's tags), and records its verdict in `state_dir/pair-check.json` for `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import subprocess
 import time
@@ -30,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 from . import state
 from .errors import LbsyncError
 from .pair import LB_ROLE, NGINX_DOWN, TAG, pool_digest, set_tag
+from .rules import split_hostport
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .health import Target
 
 log = logging.getLogger("lbsync")
 
@@ -131,10 +134,12 @@ def observe(settings: Settings, quiet: bool = True) -> Look:
     return look
 
 
-def down_in_nginx(settings: Settings) -> frozenset[str]:
-    """Backends nginx holds down by health checks (lbsync run's verdicts): the dry run plans them
-    down too, so a health verdict is not mistaken for a stale pool."""
+def down_in_nginx(settings: Settings) -> frozenset[Target]:
+    """Backends nginx holds down by health checks (lbsync run's verdicts), as the failing probes
+    that put them there: the dry run plans them down too, so a health verdict is not mistaken
+    for a stale pool."""
     from .drivers.base import data_plane
+    from .health import Target
 
     if data_plane(settings) == "live":
         from . import control
@@ -144,10 +149,16 @@ def down_in_nginx(settings: Settings) -> frozenset[str]:
         except LbsyncError:
             return frozenset()
         backends = reply.get("backends", []) if status == 200 and isinstance(reply, dict) else []
-        return frozenset(str(b.get("name")) for b in backends if isinstance(b, dict) and b.get("down"))
+        return frozenset(Target(str(b.get("name")), str(b.get("address")), b.get("port", 0))
+                         for b in backends if isinstance(b, dict) and b.get("down"))
     from .drivers.base import choose
 
-    return frozenset(name for name, _, down in choose(settings).served().backends if down)
+    down = set()
+    for name, endpoint, is_down in choose(settings).served().backends:
+        if is_down:
+            with contextlib.suppress(ValueError):  # not host:port: no probe can have matched it
+                down.add(Target(name, *split_hostport(endpoint)))
+    return frozenset(down)
 
 
 # -- the view for `lbsync status` ----------------------------------------------------------------

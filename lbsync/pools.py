@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import rules, static
-from .health import Target, targets_for
+from .health import Target, failing, targets_for
 from .members import Member, Selection, Skip, select, serves
 from .plan import Plan
 
@@ -76,8 +76,9 @@ def local_addresses(version: int) -> list[str]:
 
 
 def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
-               unhealthy: frozenset[str]) -> tuple[PoolPlan, ...]:
-    """Every pool's selection (Serf and static members) and plan."""
+               unhealthy: frozenset[Target]) -> tuple[PoolPlan, ...]:
+    """Every pool's selection (Serf and static members) and plan, its backends failing their
+    pool's health check rendered down."""
     store = static.load(settings.state_dir)
     own = own_listeners(settings)
     plans = []
@@ -93,8 +94,9 @@ def plan_pools(settings: Settings, records: list[dict], held: Mapping[str, str],
                 mine.append(record)
         selection = select(records + mine, single, held)
         selection = dataclasses.replace(selection, skipped=selection.skipped + tuple(clashes))
-        checked = unhealthy if pool_check(settings, pool) else frozenset()  # verdicts of its own checks only
-        plans.append(PoolPlan(pool, single, Plan.of(single, selection, checked)))
+        check = pool_check(settings, pool)  # verdicts of its own checks only
+        down = failing(unhealthy, selection.backends, check) if check else frozenset()
+        plans.append(PoolPlan(pool, single, Plan.of(single, selection, down)))
     return tuple(plans)
 
 

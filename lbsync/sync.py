@@ -25,13 +25,14 @@ from .rules import printable
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .health import Target
     from .pools import PoolPlan
 
 log = logging.getLogger("lbsync")
 
 
 def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
-              unhealthy: frozenset[str] = frozenset(), driver: Driver | None = None) -> SyncResult:
+              unhealthy: frozenset[Target] = frozenset(), driver: Driver | None = None) -> SyncResult:
     """Bring nginx to exactly what the current membership says; say what changed."""
     started = time.monotonic()
     with contextlib.nullcontext() if dry_run else locked(settings.lock_file, settings.lock_timeout):
@@ -57,19 +58,23 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
 
 
 def plan_all(settings: Settings, records: list[dict], memory: Memory,
-             unhealthy: frozenset[str]) -> tuple[Selection, Plan, tuple[PoolPlan, ...]]:
+             unhealthy: frozenset[Target]) -> tuple[Selection, Plan, tuple[PoolPlan, ...]]:
     """select + plan: the single pool, or every [[pool]] (then `plan` is their union, for the
     record and the LB pair's digest, and each pool's own plan comes third)."""
-    plans: tuple[PoolPlan, ...] = ()
     if settings.pools:
         from .pools import merged, plan_pools
 
         plans = plan_pools(settings, records, memory.endpoints, unhealthy)
         selection = merged(plans)
+        down = frozenset().union(*(p.plan.unhealthy for p in plans))
     else:
-        selection = select(records, settings, memory.endpoints)
+        plans, selection, down = (), select(records, settings, memory.endpoints), frozenset()
+        if unhealthy:  # only `lbsync run` has verdicts: the Serf hook does not import health
+            from .health import failing
+
+            down = failing(unhealthy, selection.backends)
     log_skips(selection)
-    return selection, Plan.of(settings, selection, unhealthy), plans
+    return selection, Plan.of(settings, selection, down), plans
 
 
 def apply(settings: Settings, plan: Plan, plans: tuple[PoolPlan, ...], dry_run: bool,

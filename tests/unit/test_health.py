@@ -37,15 +37,16 @@ def test_fall_consecutive_failures_mark_down_and_rise_successes_bring_back():
 def test_a_round_probes_targets_and_forgets_members_that_left():
     answers = {"web1": "", "web2": "no answer within 0.5 s"}
     checker = Checker(DaemonSettings(health_path="/"), lambda t, path, timeout: answers[t.name])
-    checker.set_targets((Target("web1", "127.0.0.11", 80), Target("web2", "127.0.0.12", 80)))
+    web1, web2 = Target("web1", "127.0.0.11", 80), Target("web2", "127.0.0.12", 80)
+    checker.set_targets((web1, web2))
     with ThreadPoolExecutor(2) as pool:
         checker.run_round(pool)
         assert checker.unhealthy() == frozenset()
         checker.run_round(pool)
-    assert checker.unhealthy() == {"web2"}
+    assert checker.unhealthy() == {web2}
     assert checker.snapshot()["web2"] == {"healthy": False, "oks": 0, "fails": 2,
                                           "error": "no answer within 0.5 s"}
-    checker.set_targets((Target("web1", "127.0.0.11", 80),))
+    checker.set_targets((web1,))
     assert checker.unhealthy() == frozenset() and list(checker.snapshot()) == ["web1"]
 
 

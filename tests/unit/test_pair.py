@@ -162,6 +162,22 @@ def test_check_passes_when_nginx_holds_the_pool_fails_when_stale_past_the_grace(
     assert (paircheck.state.read(settings.state_dir, paircheck.CHECK_STATE) or {})["stale_since"] is None
 
 
+def test_a_health_verdict_nginx_holds_is_not_a_stale_pool(tmp_path):
+    """`check` dry-runs the pipeline with nginx's own down backends: read back as the failing
+    probes that put them there, they plan the same pool, so nothing is pending."""
+    from lbsync.health import Target
+    from lbsync.plan import Outcome
+
+    settings = pipeline_settings(tmp_path)
+    webs = ListSource([record("web1", "10.0.0.1", port="8080"), record("web2", "10.0.0.2", port="8080")])
+    failing = Target("web1", "10.0.0.1", 8080)
+    assert reconcile(settings, webs, unhealthy=frozenset({failing})).outcome is Outcome.UPDATED
+    assert paircheck.down_in_nginx(settings) == {failing}
+    assert reconcile(settings, webs, dry_run=True, unhealthy=paircheck.down_in_nginx(settings)).outcome \
+        is Outcome.UNCHANGED
+    assert reconcile(settings, webs, dry_run=True).outcome is Outcome.DRY_RUN  # the verdict matters
+
+
 def test_check_exits_1_and_says_why_when_serf_is_gone_past_the_grace(tmp_path, fake_serf, capsys):
     serf = fake_serf()
     serf.close()

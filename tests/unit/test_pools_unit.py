@@ -15,6 +15,7 @@ from lbsync import nginx, static
 from lbsync.cli import main
 from lbsync.drivers.pools import context, render_pools
 from lbsync.errors import ConfigError
+from lbsync.health import Target
 from lbsync.layers import load
 from lbsync.members import select, serves
 from lbsync.pools import plan_pools, settings_for
@@ -216,8 +217,9 @@ def plans_for(tmp_path, unhealthy=frozenset()):
 @pytest.mark.parametrize("case", ["pools", "pools_empty"])
 def test_golden(tmp_path, case):
     records = RECORDS if case == "pools" else []
-    s = settings(tmp_path, POOLS + '[daemon]\nhealth_path = "/"\n')  # web2's verdict applies
-    text = render_pools(s, plan_pools(s, records, {}, frozenset({"web2"})))
+    s = settings(tmp_path, POOLS + '[daemon]\nhealth_path = "/"\n')
+    failing_web2 = frozenset({Target("web2", "10.0.0.12", 8000, "/")})  # its web service only, not api
+    text = render_pools(s, plan_pools(s, records, {}, failing_web2))
     path = GOLDEN / f"{case}.conf"
     if os.environ.get("REGEN_GOLDEN"):
         path.write_text(text)
@@ -299,7 +301,7 @@ def test_each_pool_gets_its_own_health_check(tmp_path):
     from lbsync.pools import health_checked, health_targets, merged
 
     s = settings(tmp_path)
-    plans = plan_pools(s, RECORDS, {}, frozenset({"db1", "web1"}))
+    plans = plan_pools(s, RECORDS, {}, frozenset({Target("db1", "10.0.0.14", 5432), Target("web1", "10.0.0.11", 8000)}))
     assert health_targets(s, merged(plans).backends) == () and not health_checked(s)  # no health_path
     db = next(p.plan for p in plans if p.pool.name == "db")
     assert db.down() == []  # an HTTP verdict never takes a TCP backend down
@@ -313,6 +315,26 @@ def test_each_pool_gets_its_own_health_check(tmp_path):
     s = settings(tmp_path, POOLS.replace('algorithm = "least_conn"', 'algorithm = "least_conn"\nhealth_check = "off"')
                  + '[daemon]\nhealth_path = "/"\n')
     assert {t.port for t in health_targets(s, merged(plan_pools(s, RECORDS, {}, frozenset())).backends)} == {8000}
+
+
+def test_a_node_in_two_pools_is_judged_per_pool(tmp_path):
+    """web2 serves the web pool on 8000 and the api pool on 9000 (its own check, /healthz); only
+    its api service fails. Its verdicts must not mix: down in api after `fall` rounds, up in web."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lbsync.health import Checker
+    from lbsync.pools import health_targets, merged
+
+    s = settings(tmp_path, POOLS.replace("timeout = 2.5", 'timeout = 2.5\nhealth_check = "/healthz"')
+                 + '[daemon]\nhealth_path = "/"\nhealth_fall = 2\n')
+    checker = Checker(s.daemon, lambda t, path, timeout: "HTTP 503" if path == "/healthz" else "")
+    checker.set_targets(health_targets(s, merged(plan_pools(s, RECORDS, {}, frozenset())).backends))
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            checker.run_round(pool)
+    down = {p.pool.name: p.plan.down() for p in plan_pools(s, RECORDS, {}, checker.unhealthy())}
+    assert down == {"web": [], "api": ["web2"], "db": []}
+    assert checker.snapshot()["web2"]["healthy"] is False  # the view: down somewhere
 
 
 def test_status_and_the_page_show_every_pool_with_its_listener(tmp_path):
