@@ -13,13 +13,15 @@ import subprocess
 import threading
 
 import pytest
-from kit.lb import start_lb
-from kit.net import wait_until
+from kit.lb import FAST_DAEMON, start_lb
+from kit.net import free_port, wait_until
 from kit.nginx import start_nginx
 from kit.paths import TEMPLATES
 from kit.serfnode import serf
 
-from lbsync import control
+from lbsync import control, paircheck
+from lbsync.health import Target
+from lbsync.layers import load
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +149,21 @@ def test_drift_is_shown_and_repaired(procs, tmp_path):
     assert lb.lbsync("sync").returncode == 0
     assert {b["name"] for b in held(lb)["backends"]} == {"web1"}
     assert "drift" not in lb.lbsync("status").stdout
+
+
+def test_a_backend_down_by_health_checks_reads_back_as_its_failing_probe(procs, tmp_path):
+    """`lbsync run` pushes a backend that fails its check as down; what nginx holds reads back
+    (for the LB pair's check) as that backend's probe: name, address, port."""
+    config = FAST_DAEMON + 'health_path = "/"\nhealth_interval = 0.2\nhealth_timeout = 0.5\n'
+    lb = start_lb(procs, tmp_path / "lb", config, mode="run", data_plane="live")
+    lb.web(1)
+    port = free_port("127.0.0.12")
+    lb.web(2, port=port, serve=False)  # a member whose web server is not there
+    lb.start_daemon()
+    wait_until(lb.settled, CONVERGE, "the daemon's first reconcile")
+    wait_until(lambda: {b["name"]: b["down"] for b in held(lb).get("backends", [])} == {"web1": False, "web2": True},
+               CONVERGE, "web2 pushed down by its health checks")
+    assert paircheck.down_in_nginx(load(env=lb.env)) == {Target("web2", "127.0.0.12", port)}
 
 
 def test_auto_without_the_lua_module_renders_and_reloads(procs, tmp_path):
