@@ -10,12 +10,15 @@ import socket
 import time
 from collections.abc import Callable
 
+_handed_out: set[int] = set()  # every port free_port picked in this process
+
 
 def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
     """A port free on `host` for TCP and UDP alike (Serf gossips over both): `preferred` when
-    nothing holds it, else one the kernel picks. SO_REUSEADDR as serf and nginx bind, so a port
-    in TIME_WAIT counts as free, as it is for them."""
-    for attempt in range(100):
+    nothing holds it, else one the kernel picks and this process has not handed out before (a
+    port is bound only later, by its user, and the kernel may pick it again meanwhile).
+    SO_REUSEADDR as serf and nginx bind, so a port in TIME_WAIT counts as free, as it is for them."""
+    for attempt in range(1000):
         with socket.socket() as tcp:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -23,12 +26,15 @@ def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
             except OSError:
                 continue
             port = tcp.getsockname()[1]
+            if port in _handed_out and port != preferred:
+                continue
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.bind((host, port))
-                return port
             except OSError:
                 continue
+            _handed_out.add(port)
+            return port
     raise RuntimeError(f"no free port on {host}")
 
 
