@@ -106,6 +106,7 @@ class SyncResult:
     action: str = ""  # what the driver did to nginx: "nginx reloaded", "pushed" or ""
     hold: Hold = field(default_factory=lambda: Hold())  # backends kept by the collapse guard
     pools: tuple[tuple[str, tuple[str, ...]], ...] = ()  # with [[pool]] tables: (pool, its backends)
+    pools_down: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (pool, its backends down by health checks)
 
     @property
     def reloaded(self) -> bool:

@@ -76,7 +76,8 @@ def record_sync(settings: Settings, result: SyncResult, seconds: tuple[float, fl
         "outcome": result.outcome.value,
         "action": result.action,
         "backends": [m.name for m in result.backends],
-        **({"pools": {pool: list(names) for pool, names in result.pools}} if result.pools else {}),
+        **({"pools": {pool: list(names) for pool, names in result.pools},
+            "pools_down": {pool: list(names) for pool, names in result.pools_down}} if result.pools else {}),
         "skipped": skipped,
         "pool": {m.name: to_record(m) for m in result.backends if m.source == "serf"},  # the guard's memory
         "endpoints": {m.endpoint: m.name for m in result.backends},

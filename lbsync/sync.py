@@ -49,7 +49,8 @@ def reconcile(settings: Settings, source: MemberSource, dry_run: bool = False,
             raise
         result = SyncResult(applied.outcome, selection.backends, selection.skipped, applied.diff,
                             selection, applied.action, held,
-                            tuple((p.pool.name, tuple(m.name for m in p.plan.backends)) for p in plans))
+                            tuple((p.pool.name, tuple(m.name for m in p.plan.backends)) for p in plans),
+                            tuple((p.pool.name, tuple(p.plan.down())) for p in plans))
         if applied.outcome is not Outcome.DRY_RUN:
             done = time.monotonic()
             state.record_sync(settings, result, (done - started, done - applying), last)

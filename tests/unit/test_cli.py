@@ -38,7 +38,8 @@ def test_bad_set_flag(tmp_path):
 
 
 def test_unreachable_agent_for_sync(tmp_path):
-    (tmp_path / "c.toml").write_text('rpc_addr = "127.0.0.1:1"\nsyslog = false\n')
+    (tmp_path / "c.toml").write_text(f'rpc_addr = "127.0.0.1:1"\nsyslog = false\nstate_dir = "{tmp_path}"\n'
+                                     f'lock_file = "{tmp_path}/lbsync.lock"\n')  # not the host's
     done = lbsync("--config", str(tmp_path / "c.toml"), "sync")
     assert done.returncode == os.EX_UNAVAILABLE and "Traceback" not in done.stderr
 

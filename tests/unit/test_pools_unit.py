@@ -4,12 +4,14 @@ them (`nginx -t` in a wrapper with the stream module)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
 from pathlib import Path
 
 import pytest
+from kit.fake_nginx import fake_nginx
 
 from lbsync import nginx, static
 from lbsync.cli import main
@@ -295,6 +297,28 @@ def test_every_pool_has_its_own_metrics_labels(tmp_path):
     assert 'lbsync_backends{pool="web"} 2.0' in text and 'lbsync_backends{pool="db"} 2.0' in text
     assert 'lbsync_backend_up{backend="web2",pool="api"} 1.0' in text
     assert 'lbsync_backend_up{backend="api1",pool="api"} 0.0' in text  # draining
+
+
+def test_a_backend_down_in_one_pool_is_up_in_the_others_metrics(tmp_path):
+    from lbsync import exposition, state
+    from lbsync.plan import Outcome
+    from lbsync.sync import reconcile
+
+    class Members:
+        def members(self):
+            return RECORDS
+
+    s = settings(tmp_path, POOLS + '[daemon]\nhealth_path = "/"\n')
+    nginx = fake_nginx(tmp_path)  # the pipeline end to end, with a stand-in nginx
+    s = dataclasses.replace(s, output=str(tmp_path / "up.conf"), stream_output=str(tmp_path / "stream.conf"),
+                            nginx_bin=str(nginx), reload_command=f"{nginx} -s reload", data_plane="reload",
+                            lock_file=str(tmp_path / "lock"), nginx_pid=str(tmp_path / "nginx.pid"))
+    failing_api = frozenset({Target("web2", "10.0.0.12", 9000, "/")})  # web2's api service only
+    assert reconcile(s, Members(), unhealthy=failing_api).outcome is Outcome.UPDATED
+    daemon = {"unhealthy": ["web2"]}  # the daemon's view is per node name: down somewhere
+    text = exposition.text(s, state.read(s.state_dir, state.LAST_SYNC) or {}, daemon).decode()
+    assert 'lbsync_backend_up{backend="web2",pool="api"} 0.0' in text
+    assert 'lbsync_backend_up{backend="web2",pool="web"} 1.0' in text
 
 
 def test_each_pool_gets_its_own_health_check(tmp_path):
