@@ -127,12 +127,22 @@ def _pools(settings: Settings, records: list[dict], last: dict, health: dict) ->
     plans = plan_pools(settings, records, Memory.of(last).endpoints, frozenset())
     driver = PoolsDriver(settings)
     served = driver.served_pools()
+    down = record.mapping(last, "pools_down")
     pools = []
     for p in plans:
-        table = _pool(p.single, records, p.plan.selection, served[p.pool.name], last, health)
+        seen = _seen_by(health, down.get(p.pool.name)) if down else health
+        table = _pool(p.single, records, p.plan.selection, served[p.pool.name], last, seen)
         pools.append({**table, "name": p.pool.name, "protocol": p.pool.protocol, "listen": list(p.pool.listen),
                       "data_plane": "live" if p.pool.name in driver.channels else "reload"})
     return merged(plans), pools
+
+
+def _seen_by(health: dict, down: Any) -> dict:
+    """The daemon's verdicts (per node name: down if any of its checks fails) as one pool saw
+    them in the last reconcile: a node down in another pool only is healthy in this one."""
+    names = set(down) if isinstance(down, list) else set()
+    return {name: verdict if not isinstance(verdict, dict) or verdict.get("healthy") or name in names
+            else {**verdict, "healthy": True, "error": ""} for name, verdict in health.items()}
 
 
 def _serf_counts(settings: Settings, records: list[dict], selection: Selection) -> dict[str, int]:

@@ -299,8 +299,8 @@ def test_every_pool_has_its_own_metrics_labels(tmp_path):
     assert 'lbsync_backend_up{backend="api1",pool="api"} 0.0' in text  # draining
 
 
-def test_a_backend_down_in_one_pool_is_up_in_the_others_metrics(tmp_path):
-    from lbsync import exposition, state
+def test_a_backend_down_in_one_pool_is_up_in_the_others_metrics_and_status(tmp_path):
+    from lbsync import exposition, state, status
     from lbsync.plan import Outcome
     from lbsync.sync import reconcile
 
@@ -319,6 +319,11 @@ def test_a_backend_down_in_one_pool_is_up_in_the_others_metrics(tmp_path):
     text = exposition.text(s, state.read(s.state_dir, state.LAST_SYNC) or {}, daemon).decode()
     assert 'lbsync_backend_up{backend="web2",pool="api"} 0.0' in text
     assert 'lbsync_backend_up{backend="web2",pool="web"} 1.0' in text
+    verdict = {"healthy": False, "oks": 0, "fails": 3, "error": "HTTP 503"}
+    daemon = {"pid": os.getpid(), "unhealthy": ["web2"], "health": {"web2": verdict}}
+    pools = {p["name"]: p for p in status.model(s, RECORDS, daemon=daemon)["pools"]}
+    health = {pool: {b["name"]: b["health"] for b in pools[pool]["backends"]} for pool in ("web", "api")}
+    assert health["api"]["web2"] == "down" and health["web"]["web2"] == "healthy"
 
 
 def test_each_pool_gets_its_own_health_check(tmp_path):
