@@ -140,9 +140,12 @@ def _pools(settings: Settings, records: list[dict], last: dict, health: dict) ->
 def _seen_by(health: dict, down: Any) -> dict:
     """The daemon's verdicts (per node name: down if any of its checks fails) as one pool saw
     them in the last reconcile: a node down in another pool only is healthy in this one."""
-    names = set(down) if isinstance(down, list) else set()
-    return {name: verdict if not isinstance(verdict, dict) or verdict.get("healthy") or name in names
-            else {**verdict, "healthy": True, "error": ""} for name, verdict in health.items()}
+    here = set(down) if isinstance(down, list) else set()
+    seen = {}
+    for name, verdict in health.items():
+        elsewhere = isinstance(verdict, dict) and not verdict.get("healthy") and name not in here
+        seen[name] = {**verdict, "healthy": True, "error": ""} if elsewhere else verdict
+    return seen
 
 
 def _serf_counts(settings: Settings, records: list[dict], selection: Selection) -> dict[str, int]:
