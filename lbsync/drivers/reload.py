@@ -182,12 +182,17 @@ class ReloadDriver:
 
         Without the marker a failed reload would be forgotten: the next run finds the file already
         current and, correctly for the file, does nothing, while nginx keeps serving the old pool.
+        A reload fails in the master too, after the command succeeded: `nginx -t` does not bind,
+        so a listener another process holds passes it, and the master keeps its old workers.
         """
         from .. import nginx
 
         mark(self.pending)
         if not nginx.reload(self.settings.reload_command, self.settings.nginx_pid):
-            log.warning("nginx reloaded, but old workers still accept connections after 2 s")
+            log.warning("nginx was told to reload, but its old workers still accept connections after 2 s: "
+                        "it kept its old configuration (its error log says why, e.g. a listen address it "
+                        "cannot bind); the next run reloads again")
+            return
         unmark(self.pending)
 
 

@@ -128,6 +128,29 @@ def test_a_node_with_several_services_is_in_each_of_their_pools(procs, lab):
     assert [(b["name"], b["address"]) for b in api["backends"]] == [("multi", f"{ip}:{api_port}")]
 
 
+def test_a_reload_nginx_could_not_apply_is_retried_by_the_next_run(procs, tmp_path):
+    """`nginx -t` does not bind, so a pool listener another process holds passes both gates; the
+    reload then fails inside the master, which keeps its old configuration. The reload stays
+    pending, and the next run retries it (seen in CI: a test's ports collided with Serf's)."""
+    ports = {"web": free_port(), "api": free_port(), "db": free_port()}
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", ports["web"]))
+    blocker.listen()
+    output = tmp_path / "lb" / "nginx" / "conf.d" / "lbs_pools.conf"
+    lab = PoolsLab(start_lb(procs, tmp_path / "lb", pools_config(**ports), mode="hook",
+                            env={"LBSYNC_OUTPUT": str(output)}, data_plane="reload"), ports)
+    error_log = tmp_path / "lb" / "nginx" / "error.log"
+    try:
+        lab.lb.web(1)
+        wait_until(lambda: "still could not bind()" in error_log.read_text(), ROUTE_TIMEOUT,
+                   "the hook's reload to fail in nginx's master")
+    finally:
+        blocker.close()
+    done = lab.lbsync("sync")  # waits for the hook's lock, so it runs after the failed reload
+    assert done.returncode == 0 and "retried the reload that failed last time" in done.stderr, done.stderr
+    wait_until(lambda: lab.served("web") == {"serf-web1"}, ROUTE_TIMEOUT, "web pool routes web1")
+
+
 def test_empty_tcp_pool_closes_connections_and_the_config_stays_valid(procs, lab):
     lab.lb.web(1)  # a change, so the hook renders every pool (the db pool is empty)
     wait_until(lambda: lab.served("web") == {"serf-web1"}, ROUTE_TIMEOUT, "web pool routes web1")
