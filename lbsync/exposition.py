@@ -110,21 +110,14 @@ class Collector:
         yield sizes
         family = Gauge("lbsync_backend_up", "1 while a backend takes new requests (in the pool, not "
                                             "draining, not down by health checks).", labels=["pool", "backend"])
+        unhealthy = set((self.daemon or {}).get("unhealthy") or [])  # the daemon's, per node name
         for name, names in sorted(backends.items()):
-            down = self._down(name)
+            down = record.pool_down(self.data, name)  # with [[pool]]s: this pool's own verdicts
+            down = unhealthy if down is None else down
             for backend in sorted(names):
                 up = states.get(backend) in ("serving", "held") and backend not in down
                 family.add_metric([name, backend], int(up))
         yield family
-
-    def _down(self, pool: str) -> set[str]:
-        """Backends of `pool` down by health checks: with [[pool]] tables as the last reconcile
-        rendered that pool (a node in two pools can be down in one only), else the daemon's view."""
-        by_pool = record.mapping(self.data, "pools_down")
-        if by_pool:
-            names = by_pool.get(pool)
-            return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
-        return set((self.daemon or {}).get("unhealthy") or [])
 
     def _times(self, Gauge) -> Iterator[Any]:
         data = self.data

@@ -38,6 +38,16 @@ def mapping(data: dict, key: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def pool_down(last_sync: dict, pool: str) -> set[str] | None:
+    """The backends of `pool` its last reconcile rendered down by health checks; None when the
+    record has no per-pool verdicts (a single pool, or a record written before they existed)."""
+    by_pool = mapping(last_sync, "pools_down")
+    if not by_pool:
+        return None
+    names = by_pool.get(pool)
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
 def skip_kind(reason: str) -> str:
     low = reason.lower()
     return next((kind for needle, kind in SKIP_KINDS if needle in low), "other")

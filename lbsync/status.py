@@ -127,23 +127,22 @@ def _pools(settings: Settings, records: list[dict], last: dict, health: dict) ->
     plans = plan_pools(settings, records, Memory.of(last).endpoints, frozenset())
     driver = PoolsDriver(settings)
     served = driver.served_pools()
-    down = record.mapping(last, "pools_down")
     pools = []
     for p in plans:
-        seen = _seen_by(health, down.get(p.pool.name)) if down else health
+        down = record.pool_down(last, p.pool.name)
+        seen = health if down is None else _seen_by(health, down)
         table = _pool(p.single, records, p.plan.selection, served[p.pool.name], last, seen)
         pools.append({**table, "name": p.pool.name, "protocol": p.pool.protocol, "listen": list(p.pool.listen),
                       "data_plane": "live" if p.pool.name in driver.channels else "reload"})
     return merged(plans), pools
 
 
-def _seen_by(health: dict, down: Any) -> dict:
+def _seen_by(health: dict, down: set[str]) -> dict:
     """The daemon's verdicts (per node name: down if any of its checks fails) as one pool saw
-    them in the last reconcile: a node down in another pool only is healthy in this one."""
-    here = set(down) if isinstance(down, list) else set()
+    them in the last reconcile (`down`): a node down in another pool only is healthy here."""
     seen = {}
     for name, verdict in health.items():
-        elsewhere = isinstance(verdict, dict) and not verdict.get("healthy") and name not in here
+        elsewhere = isinstance(verdict, dict) and not verdict.get("healthy") and name not in down
         seen[name] = {**verdict, "healthy": True, "error": ""} if elsewhere else verdict
     return seen
 
