@@ -94,6 +94,10 @@ def test_agent_restart_reconnects_and_resyncs(procs, tmp_path):
     wait_until(lambda: lab.served_by() == {"serf-web1", "serf-web2"}, CONVERGE, "both routed")
     lab.lb.proc.stop(signal.SIGKILL)
     serf("leave", "-rpc-addr", web2.rpc_addr)  # a change the daemon cannot see while the agent is down
+    # until web1 has processed that leave, it would hand web2 to the new agent as alive (Serf's
+    # join sync): then web2 is routed until its leave reaches the new agent, and nothing is held
+    wait_until(lambda: {m["name"]: m["status"] for m in serf_members(web1)}.get("web2") == "left",
+               CONVERGE, "web1 saw web2 leave")
     lab.restart_lb_agent(join=web1)
     # the new agent never heard of web2: held for collapse_grace, then dropped without a new event
     wait_until(lambda: lab.served_by() == {"serf-web1"}, CONVERGE, "resync after reconnect")
