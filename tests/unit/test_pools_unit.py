@@ -369,7 +369,9 @@ def test_a_node_in_two_pools_is_judged_per_pool(tmp_path):
 def test_status_and_the_page_show_every_pool_with_its_listener(tmp_path):
     from lbsync import status, statuspage
 
-    s = settings(tmp_path)
+    # status reads the served files back: never this host's (an installed or demo LB's)
+    s = settings(tmp_path, f'output = "{tmp_path}/lbs_upstream.conf"\n'
+                           f'stream_output = "{tmp_path}/99-lbsync-stream.conf"\n' + POOLS)
     static.save(s.state_dir, {"web": {"legacy": static.member_from("legacy", "10.0.0.30:80", 1, False, False)}})
     data = status.model(s, RECORDS)
     pools = {p["name"]: p for p in data["pools"]}
