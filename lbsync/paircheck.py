@@ -36,6 +36,7 @@ from .rules import split_hostport
 if TYPE_CHECKING:
     from .config import Settings
     from .health import Target
+    from .plan import Served
 
 log = logging.getLogger("lbsync")
 
@@ -136,29 +137,32 @@ def observe(settings: Settings, quiet: bool = True) -> Look:
 
 def down_in_nginx(settings: Settings) -> frozenset[Target]:
     """Backends nginx holds down by health checks (lbsync run's verdicts), as the failing probes
-    that put them there: the dry run plans them down too, so a health verdict is not mistaken
-    for a stale pool."""
-    from .drivers.base import data_plane
+    that put them there, each with its pool's check: the dry run plans them down too, so a health
+    verdict is not mistaken for a stale pool. A drained backend reads as down too, but is never
+    probed, so no plan takes it for a verdict."""
     from .health import Target
 
-    if data_plane(settings) == "live":
-        from . import control
-
-        try:
-            status, reply = control.call(settings.control_socket, "GET", f"/pools/{settings.upstream_name}")
-        except LbsyncError:
-            return frozenset()
-        backends = reply.get("backends", []) if status == 200 and isinstance(reply, dict) else []
-        return frozenset(Target(str(b.get("name")), str(b.get("address")), b.get("port", 0))
-                         for b in backends if isinstance(b, dict) and b.get("down"))
-    from .drivers.base import choose
-
     down = set()
-    for name, endpoint, is_down in choose(settings).served().backends:
-        if is_down:
-            with contextlib.suppress(ValueError):  # not host:port: no probe can have matched it
-                down.add(Target(name, *split_hostport(endpoint)))
+    for served, check in _served_with_checks(settings):
+        for name, endpoint, is_down in served.backends:
+            if is_down:
+                with contextlib.suppress(ValueError):  # not host:port: no probe can have matched it
+                    down.add(Target(name, *split_hostport(endpoint), check))
     return frozenset(down)
+
+
+def _served_with_checks(settings: Settings) -> list[tuple[Served, str]]:
+    """What nginx serves for each pool (read back from its control socket or installed files),
+    with the check its backends are probed with."""
+    if not settings.pools:
+        from .drivers.base import choose
+
+        return [(choose(settings).served(), "")]
+    from .drivers.pools import PoolsDriver
+    from .pools import pool_check
+
+    served = PoolsDriver(settings).served_pools()
+    return [(served[pool.name], pool_check(settings, pool)) for pool in settings.pools]
 
 
 # -- the view for `lbsync status` ----------------------------------------------------------------

@@ -299,22 +299,30 @@ def test_every_pool_has_its_own_metrics_labels(tmp_path):
     assert 'lbsync_backend_up{backend="api1",pool="api"} 0.0' in text  # draining
 
 
+FAILING_API = frozenset({Target("web2", "10.0.0.12", 9000, "/")})  # web2's api service only, not its web one
+
+
+class Members:
+    def members(self):
+        return RECORDS
+
+
+def checked_pipeline(tmp_path):
+    """POOLS with HTTP health checks, the pipeline end to end with a stand-in nginx."""
+    s = settings(tmp_path, POOLS + '[daemon]\nhealth_path = "/"\n')
+    nginx = fake_nginx(tmp_path)
+    return dataclasses.replace(s, output=str(tmp_path / "up.conf"), stream_output=str(tmp_path / "stream.conf"),
+                               nginx_bin=str(nginx), reload_command=f"{nginx} -s reload", data_plane="reload",
+                               lock_file=str(tmp_path / "lock"), nginx_pid=str(tmp_path / "nginx.pid"))
+
+
 def test_a_backend_down_in_one_pool_is_up_in_the_others_metrics_and_status(tmp_path):
     from lbsync import exposition, state, status
     from lbsync.plan import Outcome
     from lbsync.sync import reconcile
 
-    class Members:
-        def members(self):
-            return RECORDS
-
-    s = settings(tmp_path, POOLS + '[daemon]\nhealth_path = "/"\n')
-    nginx = fake_nginx(tmp_path)  # the pipeline end to end, with a stand-in nginx
-    s = dataclasses.replace(s, output=str(tmp_path / "up.conf"), stream_output=str(tmp_path / "stream.conf"),
-                            nginx_bin=str(nginx), reload_command=f"{nginx} -s reload", data_plane="reload",
-                            lock_file=str(tmp_path / "lock"), nginx_pid=str(tmp_path / "nginx.pid"))
-    failing_api = frozenset({Target("web2", "10.0.0.12", 9000, "/")})  # web2's api service only
-    assert reconcile(s, Members(), unhealthy=failing_api).outcome is Outcome.UPDATED
+    s = checked_pipeline(tmp_path)
+    assert reconcile(s, Members(), unhealthy=FAILING_API).outcome is Outcome.UPDATED
     daemon = {"unhealthy": ["web2"]}  # the daemon's view is per node name: down somewhere
     text = exposition.text(s, state.read(s.state_dir, state.LAST_SYNC) or {}, daemon).decode()
     assert 'lbsync_backend_up{backend="web2",pool="api"} 0.0' in text
@@ -324,6 +332,19 @@ def test_a_backend_down_in_one_pool_is_up_in_the_others_metrics_and_status(tmp_p
     pools = {p["name"]: p for p in status.model(s, RECORDS, daemon=daemon)["pools"]}
     health = {pool: {b["name"]: b["health"] for b in pools[pool]["backends"]} for pool in ("web", "api")}
     assert health["api"]["web2"] == "down" and health["web"]["web2"] == "healthy"
+
+
+def test_the_pair_check_reads_each_pools_health_verdicts_back_from_nginx(tmp_path):
+    """`lbsync check` dry-runs the pipeline with the down backends nginx holds: read back per
+    pool as the probes that failed (with that pool's check), nothing is pending."""
+    from lbsync import paircheck
+    from lbsync.plan import Outcome
+    from lbsync.sync import reconcile
+
+    s = checked_pipeline(tmp_path)
+    assert reconcile(s, Members(), unhealthy=FAILING_API).outcome is Outcome.UPDATED
+    assert FAILING_API <= paircheck.down_in_nginx(s)  # api1 drained also reads as down: never a probe's
+    assert reconcile(s, Members(), dry_run=True, unhealthy=paircheck.down_in_nginx(s)).outcome is Outcome.UNCHANGED
 
 
 def test_each_pool_gets_its_own_health_check(tmp_path):
