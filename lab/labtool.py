@@ -143,6 +143,13 @@ def cmd_wait_port(args) -> None:
     wait(up, args.timeout, args.what)
 
 
+def cmd_wait_http(args) -> None:
+    """Until a GET on a fresh connection gets an HTTP answer, whatever its status. A port that
+    accepts is not enough: `nginx -t` listens on the free addresses of the config it checks, so
+    while lbsync checks a new pool's config its port accepts and then resets."""
+    wait(lambda: get(args.host, args.port)[0] != 0, args.timeout, args.what)
+
+
 def get(host: str, port: int) -> tuple[int, str, str]:
     """(status, body first line, upstream address) of one GET on a fresh connection."""
     conn = http.client.HTTPConnection(host, port, timeout=5)
@@ -533,6 +540,7 @@ def parser() -> argparse.ArgumentParser:
     command("record-child", cmd_record_child, (("parent",), {}), (("pidfile",), {}))
     command("pids", cmd_pids, (("lab_dir",), {}))
     command("wait-port", cmd_wait_port, *host_port, (("--pidfile",), {}), timeout, what)
+    command("wait-http", cmd_wait_http, *host_port, timeout, what)
     command("requests", cmd_requests, *host_port, (("count",), {"type": int}))
     command("wait-served", cmd_wait_served, *host_port, (("name",), {}), (("--gone",), {"action": "store_true"}),
             (("--tries",), {"type": int, "default": 6}), timeout)

@@ -57,7 +57,8 @@ case "$LAB_MODE" in
             tool spawn "$LAB_DIR/lb/daemon.pid" "$LAB_DIR/lb/lbsync.log" -- "$PYTHON" -m lbsync run ;;
     *) die "LAB_MODE must be hook or run, not $LAB_MODE" ;;
 esac
-tool wait-port "$LB_IP" "$HTTP_PORT" --timeout 30 --what "nginx on port $HTTP_PORT (the web pool, once lbsync rendered it)" ||
+# an HTTP answer, not just a port that accepts: nginx -t listens on it while lbsync checks the config
+tool wait-http "$LB_IP" "$HTTP_PORT" --timeout 30 --what "nginx on port $HTTP_PORT (the web pool, once lbsync rendered it)" ||
     die "no pool is listening: see lbsync's log, $LAB_DIR/lb/lbsync.log"
 
 cat <<INFO

@@ -9,9 +9,15 @@ every PID still recorded under LAB_DIR, so nothing outlives the test even when i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import pytest
 from kit.labrun import RequestLoop, running_lab
-from kit.net import wait_until
+from kit.net import free_port, wait_until
+from kit.paths import LAB, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +130,37 @@ def test_lab_pools_api_node_cache_node_static_member_and_down(tmp_path):
         assert [pid for pid in recorded if _running(pid)] == [], "processes left behind by down.sh"
         assert lab.pids() == {}
         assert lab.lbsync("member", "list").stdout.strip() == "no static members"  # down.sh took it out
+
+
+def test_the_lab_waits_for_nginx_to_answer_not_for_a_port_that_accepts(tmp_path):
+    """`nginx -t` binds and listens on the free addresses of the config it checks, and lbsync runs
+    it twice before the reload that opens a new pool's listener. So a port that accepts is not yet
+    nginx serving: up.sh once returned in that window and the first GET was refused (CI: {'HTTP 0'}).
+    Here `nginx -t` runs in a loop on a config listening on the port, and nothing else does."""
+    port = free_port()
+    conf = tmp_path / "checked.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{ access_log off; server {{ listen 127.0.0.1:{port}; return 200; }} }}\n")
+    checking = threading.Event()
+
+    def check_in_a_loop() -> None:
+        while not checking.is_set():
+            subprocess.run(["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(conf)], capture_output=True,
+                           timeout=30, check=False)
+
+    def labtool(*args: str) -> int:
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}  # as lab/env.sh sets it
+        return subprocess.run([sys.executable, str(LAB / "labtool.py"), *args, "127.0.0.1", str(port),
+                               "--timeout", "2"], env=env, capture_output=True, timeout=30, check=False).returncode
+
+    checker = threading.Thread(target=check_in_a_loop)
+    checker.start()
+    try:
+        assert labtool("wait-port") == 0, "the premise: nginx -t's listener accepts connections"
+        assert labtool("wait-http") == 1, "a listener that never answers HTTP counted as nginx serving"
+    finally:
+        checking.set()
+        checker.join(60)
 
 
 def _running(pid: int) -> bool:
