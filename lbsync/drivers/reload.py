@@ -182,8 +182,9 @@ class ReloadDriver:
 
         Without the marker a failed reload would be forgotten: the next run finds the file already
         current and, correctly for the file, does nothing, while nginx keeps serving the old pool.
-        A reload fails in the master too, after the command succeeded: `nginx -t` does not bind,
-        so a listener another process holds passes it, and the master keeps its old workers.
+        A reload fails in the master too, after the command succeeded: `nginx -t` takes an address
+        in use for a running nginx's and passes, so a listener another process holds passes it,
+        and the master keeps its old workers.
         """
         from .. import nginx
 
@@ -194,7 +195,6 @@ class ReloadDriver:
                         "cannot bind); the next run reloads again")
             return
         unmark(self.pending)
-
 
 
 def _clear_rejected(live: Path) -> None:

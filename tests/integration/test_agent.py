@@ -64,7 +64,7 @@ def test_agent_tags_load_drain_and_graceful_leave(procs, tmp_path):
     answers = wait_until(lambda: query_load(lb), 20, "a first answer to the load query")
     assert set(answers) == {"agent-web1"} and float(answers["agent-web1"]) >= 0  # the real load per CPU
     load_file.write_text("0.87\n")
-    assert query_load(lb) == {"agent-web1": b"0.87"}
+    wait_until(lambda: query_load(lb) == {"agent-web1": b"0.87"}, 20, "the load file's figure in the answer")
 
     agent.send(signal.SIGTERM)
     wait_until(lambda: (member(lb, "agent-web1") or {}).get("Tags", {}).get("drain") == "1"

@@ -58,7 +58,7 @@ def test_tag_updates_rerender(lab):
     wait_until(lambda: "weight=7;  # web1" in lab.upstream(), ROUTE_TIMEOUT, "weight re-rendered")
     serf("tags", "-rpc-addr", web1.rpc_addr, "-set", "drain=1")
     wait_until(lambda: "down;  # web1 (draining)" in lab.upstream(), ROUTE_TIMEOUT, "drain rendered down")
-    wait_until(lambda: lab.served_by() == {"serf-web2"}, 5, "drained node gets no new requests")
+    wait_until(lambda: lab.served_by() == {"serf-web2"}, ROUTE_TIMEOUT, "drained node gets no new requests")
 
 
 def test_hostile_members_skipped_others_served(procs, tmp_path):

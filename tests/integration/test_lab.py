@@ -148,16 +148,17 @@ def test_the_lab_waits_for_nginx_to_answer_not_for_a_port_that_accepts(tmp_path)
             subprocess.run(["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(conf)], capture_output=True,
                            timeout=30, check=False)
 
-    def labtool(*args: str) -> int:
+    def labtool(wait: str, timeout: float) -> int:
         env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}  # as lab/env.sh sets it
-        return subprocess.run([sys.executable, str(LAB / "labtool.py"), *args, "127.0.0.1", str(port),
-                               "--timeout", "2"], env=env, capture_output=True, timeout=30, check=False).returncode
+        return subprocess.run([sys.executable, str(LAB / "labtool.py"), wait, "127.0.0.1", str(port),
+                               "--timeout", str(timeout)], env=env, capture_output=True, timeout=60,
+                              check=False).returncode
 
     checker = threading.Thread(target=check_in_a_loop)
     checker.start()
     try:
-        assert labtool("wait-port") == 0, "the premise: nginx -t's listener accepts connections"
-        assert labtool("wait-http") == 1, "a listener that never answers HTTP counted as nginx serving"
+        assert labtool("wait-port", 30) == 0, "the premise: nginx -t's listener accepts connections"
+        assert labtool("wait-http", 2) == 1, "a listener that never answers HTTP counted as nginx serving"
     finally:
         checking.set()
         checker.join(60)

@@ -129,9 +129,10 @@ def test_a_node_with_several_services_is_in_each_of_their_pools(procs, lab):
 
 
 def test_a_reload_nginx_could_not_apply_is_retried_by_the_next_run(procs, tmp_path):
-    """`nginx -t` does not bind, so a pool listener another process holds passes both gates; the
-    reload then fails inside the master, which keeps its old configuration. The reload stays
-    pending, and the next run retries it (seen in CI: a test's ports collided with Serf's)."""
+    """`nginx -t` takes an address in use for a running nginx's and passes, so a pool listener
+    another process holds passes both gates; the reload then fails inside the master, which keeps
+    its old configuration. The reload stays pending, and the next run retries it (seen in CI: a
+    test's ports collided with Serf's)."""
     ports = {"web": free_port(), "api": free_port(), "db": free_port()}
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", ports["web"]))
@@ -142,11 +143,17 @@ def test_a_reload_nginx_could_not_apply_is_retried_by_the_next_run(procs, tmp_pa
     error_log = tmp_path / "lb" / "nginx" / "error.log"
     try:
         lab.lb.web(1)
+        # Serf may run the hook once (the LB's own join and web1's in one batch) or twice; either
+        # way web1 is rendered and the last reload fails while the port is held. This sync queues
+        # behind the hook's lock, so when it returns no run is left that could reload successfully.
+        wait_until(lambda: output.exists() and "web1" in output.read_text(), ROUTE_TIMEOUT, "web1 rendered")
+        held = lab.lbsync("sync")
+        assert "old workers still accept" in held.stderr, held.stderr
         wait_until(lambda: "still could not bind()" in error_log.read_text(), ROUTE_TIMEOUT,
-                   "the hook's reload to fail in nginx's master")
+                   "nginx's master to give up binding")
     finally:
         blocker.close()
-    done = lab.lbsync("sync")  # waits for the hook's lock, so it runs after the failed reload
+    done = lab.lbsync("sync")
     assert done.returncode == 0 and "retried the reload that failed last time" in done.stderr, done.stderr
     wait_until(lambda: lab.served("web") == {"serf-web1"}, ROUTE_TIMEOUT, "web pool routes web1")
 

@@ -147,7 +147,7 @@ def test_sigterm_on_a_web_serf_leaves_instead_of_failing(procs, roots):
     web = serf_from(procs, roots.web, "web1", "127.0.0.11", roots.tmp, join=lb.bind_addr)
     wait_until(lambda: members(lb, roots.token()).get("web1", {}).get("status") == "alive", 15, "web1 alive")
     assert web.proc.stop(signal.SIGTERM) == 0  # a graceful leave exits 0: Restart=on-failure keeps it down
-    wait_until(lambda: members(lb, roots.token())["web1"]["status"] == "left", 5, "web1 left, not failed")
+    wait_until(lambda: members(lb, roots.token())["web1"]["status"] == "left", 15, "web1 left, not failed")
 
 
 def test_enable_syslog_is_a_key_serf_acts_on(procs, roots):

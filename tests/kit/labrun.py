@@ -36,6 +36,9 @@ class Lab:
         result = subprocess.run([str(LAB / script), *args], env=self.env, capture_output=True,
                                 text=True, timeout=timeout, check=False)
         assert result.returncode == 0, f"{script} {' '.join(args)}: {result.stdout}\n{result.stderr}"
+        if script == "up.sh":  # the ports it chose: a preferred one taken meanwhile was replaced
+            chosen = (self.dir / "lab.env").read_text().splitlines()
+            self.env.update(line.split("=", 1) for line in chosen if "=" in line)
         return result
 
     @property
