@@ -162,6 +162,14 @@ class BenchLab(LoadBalancer):
         with SerfClient(self.lb.rpc_addr) as own:
             return self.alive_web(own)
 
+    def serf_done_with(self, names: set[str]) -> bool:
+        """The LB's Serf agent holds none of `names` as alive or leaving (left, failed or reaped):
+        until then its memberlist still probes them and the survivors still gossip to them."""
+        from lbsync.serf import SerfClient
+
+        with SerfClient(self.lb.rpc_addr) as client:
+            return not any(m["Name"] in names and m["Status"] in ("alive", "leaving") for m in client.members())
+
     def restart_lb_agent_as(self, snapshot: Path | None) -> None:
         """SIGKILL the LB's Serf agent and start it again on the same addresses, handler and
         environment, with `-snapshot` (it rejoins whom it knew) or without (it knows only itself)."""

@@ -62,6 +62,7 @@ SCENARIO_ROWS = (
     ("mass leave to 3 -> converged (ms)", "mass_leave", ("converged_ms",)),
     ("mass leave to 3: stale servers", "mass_leave", ("stale",)),
     ("mass leave to 3: upstream exact", "mass_leave", ("upstream_exact",)),
+    ("mass leave to 3: LB's Serf settled the leavers (s)", "mass_leave", ("serf_settled_s",)),
     ("empty pool -> 503 page (ms)", "empty_pool", ("page_503_ms",)),
     ("empty pool: nginx config valid", "empty_pool", ("config_valid",)),
     ("empty pool: requests to departed nodes (of 6)", "empty_pool", ("routed_to_departed",)),
